@@ -1,0 +1,36 @@
+# Two commands for a fresh machine (see README.md):
+#   make book   -> installs what it needs into .venv, builds the site into _build/html/
+#   make test   -> installs what it needs into .venv, runs the test suite
+# Other targets:
+#   make chapters PROFILE=cpu   -> re-executes the chapter notebooks (computes only what results/ lacks)
+#   make all PROFILE=cpu        -> chapters, then the site
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= cpu
+STAMP := $(VENV)/.ngf-installed
+
+.PHONY: book test chapters all venv clean
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e ".[book,test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3" >/dev/null
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build book/
+	@echo "The site is at $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+chapters: $(STAMP)
+	$(PY) -m ngf_lib.chapters --profile $(PROFILE)
+
+all: chapters book
+
+clean:
+	rm -rf _build book/_build

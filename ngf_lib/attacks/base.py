@@ -1,0 +1,167 @@
+"""The attack interface every one of the paper's 13 attacks implements, and the registry.
+
+An attack has three jobs (paper Section III):
+
+1. **poison the training set** (``poison_training_set``): once, before training, for data-poisoning attacks
+   (BadNets, Blend, Trojan, SIG, CLB, ISSBA). Which samples are poisoned follows one rule, stated here and used
+   everywhere: ``poison_rate`` is the fraction of the *attacker's training set* that is poisoned,
+   ``n = round(poison_rate * N)``; all-to-one dirty-label attacks draw them from non-target images (so every poisoned
+   sample really changes label), all-to-all attacks from all images, clean-label attacks from target-class images only
+   (their labels are kept; a rate above the target class's share is an error).
+2. **take part in training** (``training_batch``): attacks that need control of training (WaNet, Input-aware, BPPA,
+   CBA, FBA) poison or augment every batch, and may add a loss (``extra_loss``) or learn artefacts (``prepare``).
+   Data-poisoning attacks leave both as the identity.
+3. **trigger test images** for the attack success rate (``apply``, ``asr_set``): all-to-one ASR is measured on test
+   images whose true label is not the target, all-to-all ASR on all test images with target ``(y + 1) mod C``.
+
+Images are uint8 ``(N, 3, H, W)`` tensors at every method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+REGISTRY: dict[str, type["Attack"]] = {}
+
+
+def register(cls):
+    """Class decorator: add an attack to :data:`REGISTRY` under ``cls.name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"attack {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of the registered attacks (``"none"`` is the benign, un-attacked model)."""
+    return sorted(REGISTRY)
+
+
+def get(name: str, num_classes: int, **params) -> "Attack":
+    """Build the attack ``name`` for a dataset with ``num_classes`` classes.
+
+    >>> atk = get("badnets", 10, poison_rate=0.1, target=0)
+    >>> atk.name, atk.poison_rate
+    ('badnets', 0.1)
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(available())}")
+    return REGISTRY[name](num_classes=num_classes, **params)
+
+
+@dataclass
+class PoisonedSet:
+    """A training set after poisoning: images, labels and which indices were changed."""
+    x: torch.Tensor
+    y: torch.Tensor
+    poison_idx: torch.Tensor
+
+
+class Attack:
+    """Base class. Subclasses set ``name`` and implement :meth:`apply` (and, where needed, the training hooks)."""
+
+    name: str = ""
+    all_to_all: bool = False         # target (y + 1) mod C instead of a single target class
+    clean_label: bool = False        # poisoned training samples keep their (target-class) labels
+    controls_training: bool = False  # needs training_batch / extra_loss (WaNet, Input-aware, BPPA, CBA, FBA)
+    default_poison_rate: float = 0.1
+
+    def __init__(self, num_classes: int, *, poison_rate: float | None = None, target: int = 0, seed: int = 0,
+                 image_size: int = 32):
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.num_classes, self.image_size, self.seed = int(num_classes), int(image_size), int(seed)
+        self.poison_rate = self.default_poison_rate if poison_rate is None else float(poison_rate)
+        if self.name != "none" and not 0.0 < self.poison_rate < 1.0:
+            raise ValueError(f"poison_rate must be in (0, 1), got {self.poison_rate}")
+        if not 0 <= int(target) < num_classes:
+            raise ValueError(f"target class {target} is outside the {num_classes} classes 0..{num_classes - 1}")
+        self.target = int(target)
+
+    # --------------------------------------------------------------------------------------------- configuration
+    def params(self) -> dict:
+        """Everything that defines the attack (stored in every record and hashed into model-cache keys)."""
+        return {"name": self.name, "poison_rate": self.poison_rate, "target": self.target,
+                "all_to_all": self.all_to_all, "seed": self.seed}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+
+    # ---------------------------------------------------------------------------------------------------- labels
+    def target_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The label a triggered image should receive: the target, or ``(y + 1) mod C`` for all-to-all."""
+        if self.all_to_all:
+            return (y + 1) % self.num_classes
+        return torch.full_like(y, self.target)
+
+    # --------------------------------------------------------------------------------------------------- trigger
+    def apply(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Triggered copies of uint8 images ``x`` ``(N, 3, H, W)`` (the input is not modified)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------------------------------------------- poisoning
+    def poison_indices(self, y: torch.Tensor) -> torch.Tensor:
+        """Which training samples to poison (seeded by ``seed``); see the module docstring for the rule."""
+        n = int(round(self.poison_rate * len(y)))
+        if self.clean_label:
+            cand = (y == self.target).nonzero().flatten()
+            if n > len(cand):
+                raise ValueError(f"{self.name} is clean-label: it can poison at most the {len(cand)} target-class "
+                                 f"images ({len(cand) / len(y):.1%} of the set), but poison_rate "
+                                 f"{self.poison_rate} asks for {n}")
+        elif self.all_to_all:
+            cand = torch.arange(len(y))
+        else:
+            cand = (y != self.target).nonzero().flatten()
+        n = min(n, len(cand))
+        g = torch.Generator().manual_seed(self.seed + 1_000_003)
+        return cand[torch.randperm(len(cand), generator=g)[:n]].sort().values
+
+    def poison_training_set(self, x: torch.Tensor, y: torch.Tensor) -> PoisonedSet:
+        """Poison a training set once (data-poisoning attacks); returns new tensors, inputs untouched."""
+        idx = self.poison_indices(y)
+        x2, y2 = x.clone(), y.clone()
+        if len(idx):
+            x2[idx] = self.apply(x[idx], y[idx])
+            if not self.clean_label:
+                y2[idx] = self.target_labels(y[idx])
+        return PoisonedSet(x2, y2, idx)
+
+    # ------------------------------------------------------------------------------------------- training hooks
+    def prepare(self, x_train: torch.Tensor, y_train: torch.Tensor, *, device=None) -> None:
+        """Learn artefacts before poisoning (Trojan trigger, ISSBA encoder, ...). Default: nothing to learn."""
+
+    def training_batch(self, model, x: torch.Tensor, y: torch.Tensor, generator=None):
+        """Per-batch poisoning for attacks that control training; ``x`` float in [0, 1]. Default: identity."""
+        return x, y
+
+    def extra_loss(self, model, x: torch.Tensor, y: torch.Tensor):
+        """An additional training loss (CBA's contrastive term, ...). Default: none."""
+        return None
+
+    # ------------------------------------------------------------------------------------------------ evaluation
+    def asr_set(self, x_test: torch.Tensor, y_test: torch.Tensor):
+        """Triggered test images and the labels that count as success (paper Section III).
+
+        All-to-one: the test images whose true label is not the target; all-to-all: every test image.
+        """
+        keep = torch.ones_like(y_test, dtype=torch.bool) if self.all_to_all else (y_test != self.target)
+        xs, ys = x_test[keep], y_test[keep]
+        return self.apply(xs, ys), self.target_labels(ys)
+
+
+@register
+class NoAttack(Attack):
+    """The benign model: nothing is poisoned. ``apply`` is the identity."""
+    name = "none"
+    default_poison_rate = 0.0
+
+    def poison_indices(self, y):
+        return torch.empty(0, dtype=torch.long)
+
+    def apply(self, x, y=None):
+        return x.clone()
+
+    def params(self):
+        return {"name": "none", "poison_rate": 0.0}

@@ -1,0 +1,80 @@
+"""Named profiles: how big every experiment of the book is. One parameter of every chapter chooses one.
+
+* ``smoke``: the whole pipeline in minutes on CPU, for tests and CI. Numbers are meaningless by design.
+* ``cpu``: what the shipped book is executed with, on 2 CPU cores and no GPU. A small residual CNN (``cpu_net``,
+  widths 16-32-64-128, 0.29 M parameters, classifier 128 -> C) trained with one-cycle SGD. Measured on the project's
+  2-core machine (``python -m ngf_lib.zoo --profile cpu --attack badnets`` and ``blend``, ``none``; records in
+  ``results/cpu/``): see ``CPU_MEASURED`` below, filled from those records.
+* ``gpu``: the paper's architecture (PreActResNet18 on CIFAR-10) with a short schedule, for one GPU (Colab included).
+* ``paper``: the paper's settings (Section VII-A): PreActResNet18 / WideResNet-16-1, 250 epochs, initial lr 0.01,
+  SGD momentum 0.9, weight decay 5e-4, batch 128 (cosine decay: the paper gives no schedule; BackdoorBench's).
+
+Every profile holds out 5 % of the training set for the defender (:func:`ngf_lib.data.make_split`, seed 0); the
+defender's clean validation set is 1 % of the training set on CIFAR-10 and 3 % on GTSRB (paper Section VII-A).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    archs: dict                       # dataset -> architecture
+    train: TrainConfig                # the attacker's training recipe
+    train_subset: int | None = None   # cap on the attacker's training images (None: all)
+    test_subset: int | None = None    # cap on test images used for ACC / ASR (None: all)
+    holdout: float = 0.05             # defender's held-out pool (fraction of the training set)
+    val_size: dict = field(default_factory=lambda: {"cifar10": 0.01, "gtsrb": 0.03,
+                                                    "tiny-imagenet": 0.05, "imagenet": 0.03})
+    seeds: tuple = (0,)
+    note: str = ""
+
+    def arch(self, dataset: str) -> str:
+        try:
+            return self.archs[dataset]
+        except KeyError:
+            raise ValueError(f"profile {self.name!r} has no architecture for dataset {dataset!r}; "
+                             f"it covers {', '.join(self.archs)}") from None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+
+_FAST = dict(momentum=0.9, weight_decay=5e-4, nesterov=True, schedule="onecycle", warmup=0.15, label_smoothing=0.1)
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke", {"cifar10": "cpu_net", "gtsrb": "cpu_net"},
+        TrainConfig(epochs=3, batch_size=128, lr=0.05, **_FAST),
+        train_subset=3000, test_subset=1000,
+        note="minutes on CPU; proves the pipeline runs, numbers are not meaningful"),
+    "cpu": Profile(
+        "cpu", {"cifar10": "cpu_net", "gtsrb": "cpu_net"},
+        TrainConfig(epochs=12, batch_size=128, lr=0.1, **_FAST),
+        note="2 CPU cores: one backdoored CIFAR-10 model in under 10 minutes"),
+    "gpu": Profile(
+        "gpu", {"cifar10": "preactresnet18", "gtsrb": "wrn16_1", "tiny-imagenet": "resnet34",
+                "imagenet": "resnet50"},
+        TrainConfig(epochs=40, batch_size=256, lr=0.1, **_FAST),
+        note="one GPU: the paper's architecture with a short schedule"),
+    "paper": Profile(
+        "paper", {"cifar10": "preactresnet18", "gtsrb": "wrn16_1", "tiny-imagenet": "resnet34",
+                  "imagenet": "resnet50"},
+        TrainConfig(epochs=250, batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine"),
+        note="the paper's settings (Section VII-A); hundreds of GPU-hours for the whole book"),
+}
+
+
+def get_profile(name) -> Profile:
+    """The profile called ``name`` (a :class:`Profile` is returned unchanged)."""
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}") from None

@@ -1,0 +1,91 @@
+"""Tables (ours beside the paper's), trigger figures and the provenance line every chapter prints."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from . import paper_values, results
+from .profiles import get_profile
+
+
+class RunInfo:
+    """What produced a chapter: profile, device, commit, wall time. Create at the top, ``str()`` at the bottom."""
+
+    def __init__(self, profile, device=None):
+        self.profile = get_profile(profile).name
+        self.device = results.device_name(device)
+        self.commit = results.git_commit()
+        self.started = results.now()
+        self._t0 = time.time()
+
+    @property
+    def wall_time_s(self) -> float:
+        return time.time() - self._t0
+
+    def markdown(self) -> str:
+        return (f"**Executed** with profile `{self.profile}` on {self.device}, ngf_lib commit `{self.commit}`, "
+                f"started {self.started}, wall time {self.wall_time_s:.1f} s.")
+
+    def __str__(self):
+        return self.markdown()
+
+
+def no_defense_table(records: list[dict], dataset: str = "cifar10"):
+    """Our ACC/ASR of undefended models beside the paper's Table II No-Defense values (mean ± std over seeds).
+
+    Columns: attack, seeds, ours ACC, ours ASR, paper ACC, paper ASR, ACC difference (ours - paper).
+    """
+    import pandas as pd
+    rows = []
+    by_attack: dict = {}
+    for r in records:
+        if r["dataset"] == dataset and r["defense"] == "none":
+            by_attack.setdefault(r["attack"], []).append(r)
+    order = ["none"] + sorted(a for a in by_attack if a != "none")
+    for atk in [a for a in order if a in by_attack]:
+        rs = by_attack[atk]
+        acc = torch.tensor([r["acc"] for r in rs], dtype=torch.float64)
+        asr = [r["asr"] for r in rs if r["asr"] is not None]
+        paper = paper_values.no_defense(atk, dataset) or (None, None)
+
+        def fmt(t):
+            t = torch.as_tensor(t, dtype=torch.float64)
+            return f"{t.mean():.2f}" if len(t) == 1 else f"{t.mean():.2f} ± {t.std():.2f}"
+        rows.append({
+            "attack": "benign (no attack)" if atk == "none" else atk,
+            "seeds": len(rs),
+            "ACC (ours)": fmt(acc),
+            "ASR (ours)": fmt(asr) if asr else "—",
+            "ACC (paper)": "—" if paper[1] is None else f"{paper[1]:.2f}",
+            "ASR (paper)": "—" if paper[0] is None else f"{paper[0]:.2f}",
+            "ΔACC (ours − paper)": "—" if paper[1] is None else f"{acc.mean().item() - paper[1]:+.2f}",
+        })
+    return pd.DataFrame(rows)
+
+
+def plot_triggers(x: torch.Tensor, attack_list, *, titles=None, amplify: float = 5.0):
+    """Figure: for each attack a column pair — triggered image and its amplified residual; first column clean.
+
+    ``x``: uint8 ``(n, 3, H, W)`` clean images (one row each). The residual ``|x' - x|`` is multiplied by
+    ``amplify`` and clipped, so faint triggers (Blend) become visible.
+    """
+    import matplotlib.pyplot as plt
+    n, k = len(x), len(attack_list)
+    fig, axes = plt.subplots(n, 1 + 2 * k, figsize=(1.6 * (1 + 2 * k), 1.7 * n), squeeze=False)
+    titles = titles or [a.name for a in attack_list]
+
+    def show(ax, img, title=None):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_xticks([]), ax.set_yticks([])
+        if title:
+            ax.set_title(title, fontsize=8)
+    for i in range(n):
+        show(axes[i, 0], x[i], "clean" if i == 0 else None)
+        for j, atk in enumerate(attack_list):
+            xt = atk.apply(x[i:i + 1])[0]
+            res = ((xt.float() - x[i].float()).abs() * amplify).clamp(0, 255).to(torch.uint8)
+            show(axes[i, 1 + 2 * j], xt, titles[j] if i == 0 else None)
+            show(axes[i, 2 + 2 * j], res, f"|residual| x{amplify:g}" if i == 0 else None)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from ngf_lib import attacks
+from ngf_lib.attacks.base import Attack
+
+
+def test_registry_lists_the_spine_attacks():
+    assert {"none", "badnets", "blend"} <= set(attacks.available())
+
+
+@pytest.mark.parametrize("name", [n for n in attacks.available() if n != "none"])
+def test_trigger_shape_range_and_determinism(name):
+    atk = attacks.get(name, 10)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    before = x.clone()
+    a, b = atk.apply(x), attacks.get(name, 10).apply(x)
+    assert a.shape == x.shape and a.dtype == torch.uint8
+    assert torch.equal(a, b)                      # same config -> same trigger
+    assert torch.equal(x, before)                 # input untouched
+    assert not torch.equal(a, x)                  # the trigger changes the image
+
+
+@pytest.mark.parametrize("name", [n for n in attacks.available() if n != "none"])
+def test_poisoning_changes_exactly_the_claimed_samples(name):
+    n = 2000
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    atk = attacks.get(name, 10, poison_rate=0.1, target=3)
+    ps = atk.poison_training_set(x, y)
+    idx = ps.poison_idx
+    assert len(idx) == round(0.1 * n) and len(set(idx.tolist())) == len(idx)
+    assert (y[idx] != 3).all()                                   # dirty-label all-to-one: non-target sources
+    assert (ps.y[idx] == 3).all()
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(ps.x[rest], x[rest]) and torch.equal(ps.y[rest], y[rest])
+    assert torch.equal(ps.x[idx], atk.apply(x[idx]))
+    assert (ps.x[idx] != x[idx]).flatten(1).any(1).all()          # every poisoned image really changed
+
+
+def test_badnets_touches_only_the_corner():
+    x = torch.randint(0, 200, (4, 3, 32, 32), dtype=torch.uint8)
+    out = attacks.get("badnets", 10).apply(x)
+    assert (out[..., 29:, 29:] == 255).all()
+    diff = (out != x)
+    diff[..., 29:, 29:] = False
+    assert not diff.any()
+
+
+def test_blend_is_the_alpha_mix_of_a_fixed_noise_image():
+    atk = attacks.get("blend", 10, alpha=0.2)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    want = (0.8 * x.float() + 0.2 * atk.pattern.float()).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(atk.apply(x), want)
+    p = atk.pattern.float()
+    assert 110 < p.mean() < 140 and 65 < p.std() < 80              # uniform on 0..255: mean 127.5, std 73.9
+    assert not torch.equal(atk.pattern, attacks.get("blend", 10, trigger_seed=1).pattern)
+
+
+def test_asr_set_excludes_target_class():
+    y = torch.tensor([0, 1, 2, 0, 5])
+    x = torch.zeros(5, 3, 32, 32, dtype=torch.uint8)
+    xt, yt = attacks.get("badnets", 10, target=0).asr_set(x, y)
+    assert len(xt) == 3 and (yt == 0).all()
+
+
+class _AllToAll(Attack):
+    name = "test-all2all"
+    all_to_all = True
+
+    def apply(self, x, y=None):
+        return x ^ 1
+
+
+class _CleanLabel(Attack):
+    name = "test-clean-label"
+    clean_label = True
+
+    def apply(self, x, y=None):
+        return x ^ 1
+
+
+def test_all_to_all_labels_and_asr_set():
+    atk = _AllToAll(10)
+    y = torch.tensor([0, 9, 4])
+    assert atk.target_labels(y).tolist() == [1, 0, 5]
+    xt, yt = atk.asr_set(torch.zeros(3, 3, 4, 4, dtype=torch.uint8), y)
+    assert len(xt) == 3 and yt.tolist() == [1, 0, 5]
+
+
+def test_clean_label_poisons_target_class_only_and_keeps_labels():
+    y = torch.arange(1000) % 10
+    x = torch.zeros(1000, 3, 4, 4, dtype=torch.uint8)
+    atk = _CleanLabel(10, poison_rate=0.05, target=2)
+    ps = atk.poison_training_set(x, y)
+    assert len(ps.poison_idx) == 50 and (y[ps.poison_idx] == 2).all()
+    assert torch.equal(ps.y, y)
+    with pytest.raises(ValueError, match="clean-label"):
+        _CleanLabel(10, poison_rate=0.2, target=2).poison_indices(y)
+
+
+@pytest.mark.parametrize("kw, msg", [({"poison_rate": 0.0}, "poison_rate"), ({"poison_rate": 1.0}, "poison_rate"),
+                                     ({"target": 10}, "outside the 10 classes"), ({"target": -1}, "outside")])
+def test_bad_parameters(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        attacks.get("badnets", 10, **kw)
+
+
+def test_unknown_attack_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown attack 'badnet'.*badnets"):
+        attacks.get("badnet", 10)
