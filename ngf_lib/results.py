@@ -100,6 +100,11 @@ def write_record(record: dict) -> Path:
     return path
 
 
+def as_stored(record: dict) -> dict:
+    """The record as it reads back from disk (tuples become lists, floats stay floats)."""
+    return json.loads(json.dumps(record, sort_keys=True, default=float))
+
+
 def find_record(profile: str, dataset: str, key: str) -> dict | None:
     """The record of the experiment with configuration hash ``key``, or None."""
     folder = paths.results_dir() / _slug(profile) / _slug(dataset)

@@ -139,6 +139,7 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
     Writes its record to the results store if missing (an existing record is kept: it is what the book shows).
     """
     prof, atk, cfg, key = _resolve(dataset, attack, profile, seed, poison_rate, attack_params)
+    commit = results.git_commit()          # the code that runs now (read before the run, not after it)
     data = experiment_data(dataset, prof, data_dir)
     path = paths.model_dir() / f"{key}.safetensors"
     dev = torch.device(device) if device is not None else default_device()
@@ -158,10 +159,11 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
         rec = {"profile": prof.name, "dataset": dataset, "arch": prof.arch(dataset), "attack": atk.name,
                "poison_rate": atk.poison_rate, "defense": "none", "seed": seed, **ev,
                "wall_time_s": (train_time if train_time is not None else 0.0) + (time.time() - t0),
-               "train_time_s": train_time, "device": results.device_name(dev), "git_commit": results.git_commit(),
+               "train_time_s": train_time, "device": results.device_name(dev), "git_commit": commit,
                "created": results.now(), "config": cfg, "key": key, "n_train": len(data.y_train),
                "n_poison": n_poison, "n_test": len(data.y_test), "history": hist}
         results.write_record(rec)
+        rec = results.as_stored(rec)
     return Backdoored(model, atk, rec, cfg, key)
 
 

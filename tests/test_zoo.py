@@ -48,7 +48,7 @@ def test_backdoor_really_flips_predictions(cifar):
     idx = torch.randperm(50000, generator=g)[:6000]
     x, y = cifar.x_train[idx], cifar.y_train[idx]
     xt, yt = cifar.x_test[:2000], cifar.y_test[:2000]
-    cfg = TrainConfig(epochs=4, batch_size=128, lr=0.2, nesterov=True, schedule="onecycle", warmup=0.2,
+    cfg = TrainConfig(epochs=8, batch_size=128, lr=0.1, augment=False, nesterov=True, schedule="onecycle", warmup=0.2,
                       label_smoothing=0.1)
     atk = attacks.get("badnets", 10)
     asr = {}

@@ -1,0 +1,311 @@
+"""Natural Gradient Fine-tuning (NGF): the paper's purifier, exact, on the classifier only (Section VI, Algorithm 1).
+
+Notation (paper Section VI). The classifier is ``z = W h + b`` with ``W`` (C x d), ``b`` (C); we keep both in one
+matrix ``Theta = [W | b]`` (C x (d+1)) acting on ``hb = [h, 1]``, and flatten it row-major into theta_L (P = C(d+1)).
+
+* per-sample gradient of ``log p(y|x)`` (eq. 6): ``g_j = (e_{y_j} - p_j) (x) hb_j``, i.e. ``G = rows of R (x) Hb`` with
+  ``R = E - P`` (n x C) and ``Hb`` (n x (d+1));
+* empirical Fisher (eq. 2, 6): ``F = G^T G / n`` (P x P);
+* purification loss (eq. 3): ``L_p = CE + eta/2 * sum_i diag(F(theta_bar))_i (theta_i - theta_bar_i)^2``;
+* update (eq. 5): ``theta <- theta - lr * (F(theta) + damping I)^{-1} grad L_p``.
+
+The paper gives no damping; ``F`` has rank at most n < P, so some damping is needed (default below; the chapter
+"One layer: SGD vs NGF" sweeps it on the clean validation split).
+
+**Exact solve without the P x P matrix (Woodbury).** ``(G^T G / n + lam I)^{-1} v = (v - G^T (n lam I + G G^T)^{-1} G v)
+/ lam``: an n x n symmetric positive definite system (Cholesky). ``G G^T = (R R^T) * (Hb Hb^T)`` elementwise, and with
+cached features ``Hb Hb^T`` never changes, so an epoch costs two n x n products, one Cholesky and a few n x P
+products; ``G v`` and ``G^T u`` are one matrix product each. :func:`dense_direction` forms ``F`` explicitly: the test
+reference.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..data import augment as augment_images
+from ..data import dataset_info
+from ..models import classifier, features
+
+
+# ------------------------------------------------------------------------------------------- the natural direction
+
+def per_sample_grads(R: torch.Tensor, Hb: torch.Tensor) -> torch.Tensor:
+    """``G`` (n x P): row j is ``vec(R_j (x) Hb_j)``, the gradient of log p(y_j|x_j) w.r.t. flattened ``[W | b]``."""
+    return (R[:, :, None] * Hb[:, None, :]).reshape(len(R), -1)
+
+
+def dense_direction(R, Hb, V, damping: float) -> torch.Tensor:
+    """``(F + damping I)^{-1} V`` with ``F = G^T G / n`` formed as a dense P x P matrix (reference for tests).
+
+    ``R`` (n x C), ``Hb`` (n x (d+1)), ``V`` (C x (d+1)); returns C x (d+1).
+    """
+    G = per_sample_grads(R, Hb)
+    n, P = G.shape
+    Fm = G.T @ G / n + damping * torch.eye(P, dtype=G.dtype, device=G.device)
+    return torch.linalg.solve(Fm, V.reshape(-1)).reshape(V.shape)
+
+
+def woodbury_direction(R, Hb, V, damping: float, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """``(F + damping I)^{-1} V`` exactly, through an n x n solve (see the module docstring).
+
+    ``gram``: ``Hb Hb^T`` (n x n) if already known (cached features: computed once per run).
+    """
+    if damping <= 0:
+        raise ValueError(f"damping must be positive, got {damping}")
+    n = len(R)
+    K = gram if gram is not None else Hb @ Hb.T                    # (n, n)
+    GGt = (R @ R.T) * K                                            # (n, n) = G G^T
+    Gv = ((Hb @ V.T) * R).sum(1)                                   # (n,)   = G vec(V)
+    A = GGt + n * damping * torch.eye(n, dtype=R.dtype, device=R.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        u = torch.cholesky_solve(Gv[:, None], L)[:, 0]
+    else:                                                          # numerically indefinite: fall back to LU
+        u = torch.linalg.solve(A, Gv)
+    GtU = (R * u[:, None]).T @ Hb                                  # (C, d+1) = G^T u
+    return (V - GtU) / damping
+
+
+# --------------------------------------------------------------------------------------------------- the problem
+
+def fisher_diagonal(R: torch.Tensor, Hb: torch.Tensor) -> torch.Tensor:
+    """``diag(F)`` reshaped to C x (d+1): ``mean_j R_jc^2 Hb_jk^2`` (eq. 3's importance weights)."""
+    return (R ** 2).T @ (Hb ** 2) / len(R)
+
+
+def loss_and_grad(theta, Hb, y, theta_bar=None, fdiag=None, eta: float = 0.0):
+    """``L_p`` (eq. 3) and its gradient w.r.t. ``theta`` = [W | b]; also the residuals ``R = E - P``."""
+    z = Hb @ theta.T                                               # (n, C) logits
+    logp = torch.log_softmax(z, 1)
+    ce = F.nll_loss(logp, y)
+    R = F.one_hot(y, theta.shape[0]).to(theta.dtype) - logp.exp()  # (n, C) = E - P
+    grad = -(R.T @ Hb) / len(y)                                    # (C, d+1)
+    loss = ce
+    if eta and fdiag is not None:
+        diff = theta - theta_bar
+        loss = loss + 0.5 * eta * (fdiag * diff ** 2).sum()
+        grad = grad + eta * fdiag * diff
+    return loss, grad, R
+
+
+@dataclass
+class PurifyResult:
+    """What :func:`purify_classifier` returns besides the new weights: the loss per epoch and the wall time."""
+    theta: torch.Tensor
+    loss: list = field(default_factory=list)
+    time_s: float = 0.0
+
+
+def purify_classifier(theta0, feats, y, *, epochs=100, lr=0.01, eta=0.1, damping=1e-3, batch_size=None,
+                      lr_step=40, lr_gamma=0.1, solver="woodbury", seed=0, feature_fn=None) -> PurifyResult:
+    """NGF on a linear classifier ``theta0 = [W | b]`` (C x (d+1)) given features ``feats`` (n x d) and labels.
+
+    Algorithm 1 of the paper with full batch (``batch_size=None``); mini-batches of ``batch_size`` otherwise (one
+    epoch = one pass over a fresh permutation). ``lr`` is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
+    ``feature_fn(epoch)``, if given, returns new features for each epoch (augmentation); otherwise ``feats`` is fixed
+    and its Gram matrix is computed once. ``solver``: ``"woodbury"`` (exact, n x n) or ``"dense"`` (exact, P x P).
+    """
+    t0 = time.time()
+    theta = theta0.clone()
+    n = len(y)
+    ones = torch.ones(n, 1, dtype=theta.dtype, device=theta.device)
+    Hb = torch.cat([feats.to(theta.dtype), ones], 1)
+    # eq. 3: importance weights from the Fisher of the *initial* classifier on the clean validation set
+    _, _, R0 = loss_and_grad(theta0, Hb, y)
+    fdiag = fisher_diagonal(R0, Hb)
+    gram = Hb @ Hb.T if (feature_fn is None and solver == "woodbury") else None
+    g = torch.Generator().manual_seed(seed)
+    hist = []
+    for epoch in range(epochs):
+        if feature_fn is not None:
+            Hb = torch.cat([feature_fn(epoch).to(theta.dtype), ones], 1)
+        lr_e = lr * lr_gamma ** (epoch // lr_step) if lr_step else lr
+        order = torch.arange(n) if batch_size is None else torch.randperm(n, generator=g)
+        bs = n if batch_size is None else batch_size
+        for i in range(0, n, bs):
+            idx = order[i:i + bs].to(theta.device)
+            full = batch_size is None
+            Hbb, yb = (Hb, y) if full else (Hb[idx], y[idx])
+            _, grad, R = loss_and_grad(theta, Hbb, yb, theta0, fdiag, eta)
+            if solver == "woodbury":
+                K = gram if full else (gram[idx][:, idx] if gram is not None else None)
+                step = woodbury_direction(R, Hbb, grad, damping, K)
+            elif solver == "dense":
+                step = dense_direction(R, Hbb, grad, damping)
+            else:
+                raise ValueError(f"unknown solver {solver!r}; use 'woodbury' or 'dense'")
+            theta = theta - lr_e * step
+        loss, _, _ = loss_and_grad(theta, Hb, y, theta0, fdiag, eta)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"NGF diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                                     f"raise damping or lower lr")
+        hist.append(loss.item())
+    return PurifyResult(theta, hist, time.time() - t0)
+
+
+# ------------------------------------------------------------------------------------------------- model interface
+
+def _check_inputs(model, x, y):
+    fc = classifier(model)
+    if len(x) == 0:
+        raise ValueError("no clean validation data: NGF needs at least one labelled image")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    y = torch.as_tensor(y)
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"labels must be integers, got {y.dtype}")
+    if y.min() < 0 or y.max() >= fc.out_features:
+        raise ValueError(f"labels must be in 0..{fc.out_features - 1} (the classifier has {fc.out_features} "
+                         f"outputs), got {int(y.min())}..{int(y.max())}")
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError("the clean images contain NaN or inf")
+    return fc, y.long()
+
+
+def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 100, lr: float = 0.01,
+           eta: float = 0.1, damping: float = 1e-3, batch_size: int | None = None, augment: bool = False,
+           flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, solver: str = "woodbury",
+           dtype=torch.float64, device=None, seed: int = 0) -> torch.nn.Module:
+    """Purify ``model`` with NGF (paper eq. 3-6, Algorithm 1); returns a purified copy (``model`` is untouched).
+
+    Only the classifier (the last ``nn.Linear``, weight and bias) changes. ``x, y``: the defender's clean
+    validation images (uint8 or [0, 1] floats, ``(n, 3, H, W)``) and labels. With ``augment=False`` the backbone
+    runs once in eval mode and every epoch works on cached features; ``augment=True`` recomputes features of randomly
+    cropped (and, if ``flip``, flipped) images every epoch.
+
+    >>> purified = purify(model, x_val, y_val)          # doctest: +SKIP
+    """
+    fc, y = _check_inputs(model, x, y)
+    out = copy.deepcopy(model)
+    dev = torch.device(device) if device is not None else next(out.parameters()).device
+    out.to(dev).eval()
+    fc = classifier(out)
+    theta0 = torch.cat([fc.weight.detach(), (fc.bias.detach() if fc.bias is not None
+                                              else torch.zeros(fc.out_features, device=dev))[:, None]], 1)
+    theta0 = theta0.to(dev, dtype)
+    feats = features(out, x.to(dev))
+    if not torch.isfinite(feats).all():
+        raise ValueError("the model's features of the clean images contain NaN or inf")
+    feature_fn = None
+    if augment:
+        g = torch.Generator().manual_seed(seed)
+        feature_fn = lambda epoch: features(out, augment_images(x.to(dev), flip=flip, generator=g))  # noqa: E731
+    res = purify_classifier(theta0, feats, y.to(dev), epochs=epochs, lr=lr, eta=eta, damping=damping,
+                            batch_size=batch_size, lr_step=lr_step, lr_gamma=lr_gamma, solver=solver, seed=seed,
+                            feature_fn=feature_fn)
+    with torch.no_grad():
+        fc.weight.copy_(res.theta[:, :-1].to(fc.weight.dtype))
+        if fc.bias is not None:
+            fc.bias.copy_(res.theta[:, -1].to(fc.bias.dtype))
+    out.ngf_history = {"loss": res.loss, "time_s": res.time_s}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- as a torch optimizer
+
+class NGF(torch.optim.Optimizer):
+    """The NGF update (eq. 5) as a ``torch.optim.Optimizer`` for one ``nn.Linear`` layer, for your own training loop.
+
+    The optimizer hooks the layer: the forward pass records its inputs ``h`` and the backward pass the gradient of the
+    loss w.r.t. its outputs. For a loss that is the *mean* cross-entropy over the batch (plus any penalty on the
+    layer's parameters, such as eq. 3's regulariser), ``-B * dL/dz_j = e_{y_j} - p_j``, so the per-sample gradients of
+    eq. 6 come for free, and ``step`` applies ``theta <- theta - lr (F + damping I)^{-1} theta.grad`` exactly (Woodbury).
+
+    >>> layer = torch.nn.Linear(8, 3)
+    >>> opt = NGF(layer, lr=0.01, damping=1e-3)
+    >>> h, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    >>> opt.zero_grad(); torch.nn.functional.cross_entropy(layer(h), y).backward(); opt.step()
+    """
+
+    def __init__(self, layer: torch.nn.Linear, lr: float = 0.01, damping: float = 1e-3):
+        if not isinstance(layer, torch.nn.Linear):
+            raise TypeError(f"NGF works on an nn.Linear layer (the classifier), got {type(layer).__name__}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if damping <= 0:
+            raise ValueError(f"damping must be positive, got {damping}")
+        params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+        super().__init__(params, dict(lr=lr, damping=damping))
+        self.layer = layer
+        self._h = self._gout = None
+        self._hooks = [layer.register_forward_hook(self._save_input)]
+
+    def _save_input(self, mod, inp, out):
+        if torch.is_grad_enabled() and out.requires_grad:
+            self._h = inp[0].detach().flatten(1)
+            out.register_hook(self._save_grad_output)   # dL/dz of this forward pass
+
+    def _save_grad_output(self, grad):
+        self._gout = grad.detach().flatten(1)
+
+    def remove_hooks(self):
+        for h in self._hooks:
+            h.remove()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._h is None or self._gout is None:
+            raise RuntimeError("NGF.step() needs a forward and backward pass through the layer first")
+        group = self.param_groups[0]
+        W, b = self.layer.weight, self.layer.bias
+        B = len(self._h)
+        R = -self._gout * B                                           # (B, C) = E - P for mean CE
+        Hb = torch.cat([self._h, torch.ones(B, 1, dtype=self._h.dtype, device=self._h.device)], 1)
+        gb = b.grad if (b is not None and b.grad is not None) else torch.zeros(W.shape[0], device=W.device)
+        V = torch.cat([W.grad, gb[:, None]], 1)
+        d = woodbury_direction(R.to(V.dtype), Hb.to(V.dtype), V, group["damping"])
+        W.add_(d[:, :-1], alpha=-group["lr"])
+        if b is not None:
+            b.add_(d[:, -1], alpha=-group["lr"])
+        self._h = self._gout = None
+        return loss
+
+
+# ------------------------------------------------------------------------------------------ choosing the damping
+
+DAMPING_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def select_damping(model, x, y, *, grid=DAMPING_GRID, folds: int = 5, seed: int = 0, dtype=torch.float64,
+                   **purify_kw):
+    """Choose NGF's damping on the clean validation data only, by ``folds``-fold cross-validation.
+
+    For every damping in ``grid``, NGF runs on (folds - 1)/folds of the validation images (cached features) and
+    is scored on the held-out fold: mean accuracy, ties broken by the lower mean cross-entropy. Returns
+    ``(best_damping, table)`` where ``table`` lists ``{"damping", "cv_acc", "cv_ce"}`` per grid value. The test set
+    is never used: this is the choice a defender can make.
+    """
+    fc, y = _check_inputs(model, x, y)
+    dev = next(model.parameters()).device
+    feats = features(model, x.to(dev)).to(dtype)
+    theta0 = torch.cat([fc.weight.detach(), (fc.bias.detach() if fc.bias is not None
+                                              else torch.zeros(fc.out_features, device=dev))[:, None]], 1)
+    theta0 = theta0.to(dev, dtype)
+    n = len(y)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = perm.chunk(folds)
+    y = y.to(dev)
+    table = []
+    for lam in grid:
+        accs, ces = [], []
+        for k in range(folds):
+            te = parts[k].to(dev)
+            tr = torch.cat([parts[j] for j in range(folds) if j != k]).to(dev)
+            res = purify_classifier(theta0, feats[tr], y[tr], damping=lam, **purify_kw)
+            hb = torch.cat([feats[te], torch.ones(len(te), 1, dtype=dtype, device=dev)], 1)
+            z = hb @ res.theta.T
+            accs.append((z.argmax(1) == y[te]).double().mean().item() * 100)
+            ces.append(F.cross_entropy(z, y[te]).item())
+        table.append({"damping": lam, "cv_acc": sum(accs) / folds, "cv_ce": sum(ces) / folds})
+    best = max(table, key=lambda r: (round(r["cv_acc"], 6), -r["cv_ce"]))
+    return best["damping"], table

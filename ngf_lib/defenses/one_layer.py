@@ -1,0 +1,77 @@
+"""One-layer first-order fine-tuning of the classifier on cached features: the paper's Cls.(SGD) baseline (Table I)
+and the first-order optimizers of Table III, with NGF's data, loss (eq. 3), schedule and cached features, so that the
+only difference to NGF is the preconditioner.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from ..models import classifier, features
+from .ngf import _check_inputs, fisher_diagonal, loss_and_grad
+
+OPTIMIZERS = {
+    "sgd": lambda p, lr, momentum: torch.optim.SGD(p, lr=lr, momentum=momentum),
+    "adagrad": lambda p, lr, momentum: torch.optim.Adagrad(p, lr=lr),
+    "rmsprop": lambda p, lr, momentum: torch.optim.RMSprop(p, lr=lr),
+    "adam": lambda p, lr, momentum: torch.optim.Adam(p, lr=lr),
+}
+
+
+def finetune_classifier(theta0, feats, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0,
+                        batch_size=None, lr_step=40, lr_gamma=0.1, seed=0):
+    """First-order fine-tuning of ``theta0 = [W | b]`` on features; returns ``(theta, loss per epoch)``."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    n = len(y)
+    Hb = torch.cat([feats.to(theta0.dtype), torch.ones(n, 1, dtype=theta0.dtype, device=theta0.device)], 1)
+    _, _, R0 = loss_and_grad(theta0, Hb, y)
+    fdiag = fisher_diagonal(R0, Hb)
+    theta = theta0.clone().requires_grad_(True)
+    opt = OPTIMIZERS[optimizer]([theta], lr, momentum)
+    g = torch.Generator().manual_seed(seed)
+    hist = []
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_gamma ** (epoch // lr_step) if lr_step else lr
+        order = torch.arange(n) if batch_size is None else torch.randperm(n, generator=g)
+        bs = n if batch_size is None else batch_size
+        for i in range(0, n, bs):
+            idx = order[i:i + bs].to(theta.device)
+            with torch.no_grad():
+                _, grad, _ = loss_and_grad(theta, Hb[idx], y[idx], theta0, fdiag, eta)
+            theta.grad = grad
+            opt.step()
+        with torch.no_grad():
+            hist.append(loss_and_grad(theta, Hb, y, theta0, fdiag, eta)[0].item())
+    return theta.detach(), hist
+
+
+def finetune(model, x, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0, batch_size=None,
+             lr_step=40, lr_gamma=0.1, dtype=torch.float64, device=None, seed=0):
+    """Fine-tune only the classifier of a copy of ``model`` with a first-order optimizer on cached features.
+
+    Defaults are NGF's (100 epochs, lr 0.01 x0.1 every 40 epochs, full batch) without the regulariser (``eta=0``),
+    i.e. the paper's Cls.(SGD) row of Table I.
+    """
+    _check_inputs(model, x, y)
+    y = torch.as_tensor(y).long()
+    t0 = time.time()
+    out = copy.deepcopy(model)
+    dev = torch.device(device) if device is not None else next(out.parameters()).device
+    out.to(dev).eval()
+    fc = classifier(out)
+    bias = fc.bias.detach() if fc.bias is not None else torch.zeros(fc.out_features, device=dev)
+    theta0 = torch.cat([fc.weight.detach(), bias[:, None]], 1).to(dev, dtype)
+    feats = features(out, x.to(dev))
+    theta, hist = finetune_classifier(theta0, feats, y.to(dev), optimizer=optimizer, epochs=epochs, lr=lr,
+                                      momentum=momentum, eta=eta, batch_size=batch_size, lr_step=lr_step,
+                                      lr_gamma=lr_gamma, seed=seed)
+    with torch.no_grad():
+        fc.weight.copy_(theta[:, :-1].to(fc.weight.dtype))
+        if fc.bias is not None:
+            fc.bias.copy_(theta[:, -1].to(fc.bias.dtype))
+    out.ngf_history = {"loss": hist, "time_s": time.time() - t0}
+    return out
