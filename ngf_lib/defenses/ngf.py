@@ -301,7 +301,12 @@ def select_damping(model, x, y, *, grid=DAMPING_GRID, folds: int = 5, seed: int 
         for k in range(folds):
             te = parts[k].to(dev)
             tr = torch.cat([parts[j] for j in range(folds) if j != k]).to(dev)
-            res = purify_classifier(theta0, feats[tr], y[tr], damping=lam, **purify_kw)
+            try:
+                res = purify_classifier(theta0, feats[tr], y[tr], damping=lam, **purify_kw)
+            except FloatingPointError:                     # a diverged run scores worst
+                accs.append(0.0)
+                ces.append(math.inf)
+                continue
             hb = torch.cat([feats[te], torch.ones(len(te), 1, dtype=dtype, device=dev)], 1)
             z = hb @ res.theta.T
             accs.append((z.argmax(1) == y[te]).double().mean().item() * 100)

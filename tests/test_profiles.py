@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from ngf_lib import zoo
+from ngf_lib.models import build_model
+from ngf_lib.profiles import PROFILES, get_profile
+from ngf_lib.train import TrainConfig, lr_factor, train
+
+
+def test_every_profile_names_an_architecture_for_cifar10_and_gtsrb():
+    for p in PROFILES.values():
+        assert p.arch("cifar10") and p.arch("gtsrb")
+
+
+def test_unknown_profile_and_missing_architecture():
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*smoke"):
+        get_profile("fast")
+    with pytest.raises(ValueError, match="no architecture for dataset 'imagenet'"):
+        get_profile("cpu").arch("imagenet")
+    with pytest.raises(ValueError, match="unknown profile"):
+        zoo.get_record("cifar10", "badnets", "fast")
+
+
+def test_schedules():
+    cfg = TrainConfig(schedule="onecycle", warmup=0.25)
+    assert lr_factor(cfg, 0, 100) == 0 and lr_factor(cfg, 25, 100) == 1 and lr_factor(cfg, 100, 100) == 0
+    cfg = TrainConfig(schedule="multistep", milestones=(0.5,))
+    assert lr_factor(cfg, 49, 100) == 1 and lr_factor(cfg, 50, 100) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor(TrainConfig(schedule="linear"), 0, 1)
+
+
+def test_train_rejects_mismatched_or_float_data():
+    m = build_model("cpu_net", 10)
+    x = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="4 images but 3 labels"):
+        train(m, x, torch.zeros(3, dtype=torch.long), TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="uint8"):
+        train(m, x.float(), torch.zeros(4, dtype=torch.long), TrainConfig(epochs=1))
