@@ -6,6 +6,7 @@ set is touched only here, after the defense returned, to report ACC and ASR.
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import torch
@@ -13,6 +14,20 @@ import torch
 from . import defenses, metrics, results, zoo
 from .profiles import get_profile
 from .train import default_device
+
+
+def effective_config(defend, cfg: dict) -> dict:
+    """The defense's full configuration: its defaults overridden by ``cfg`` (so a record never depends on defaults
+    that may change later). Unknown keys are an error that names them."""
+    sig = inspect.signature(defend)
+    unknown = sorted(set(cfg) - set(sig.parameters))
+    if unknown:
+        raise ValueError(f"unknown defense parameter(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(k for k in sig.parameters if k not in ('model', 'x', 'y'))}")
+    out = {k: p.default for k, p in sig.parameters.items()
+           if p.default is not inspect.Parameter.empty and k != "device"}
+    out.update(cfg)
+    return out
 
 
 def defense_config(model_cfg: dict, model_key: str, defense: str, cfg: dict, val_size) -> dict:
@@ -33,7 +48,7 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     attack_params = attack_params or {}
     _, atk, model_cfg, model_key = zoo._resolve(dataset, attack, prof, seed, poison_rate, attack_params)
     vs = val_size if val_size is not None else prof.val_size.get(dataset, 0.01)
-    cfg = defense_config(model_cfg, model_key, defense, defense_cfg, vs)
+    cfg = defense_config(model_cfg, model_key, defense, effective_config(defend, defense_cfg), vs)
     key = results.config_key(cfg)
     rec = results.find_record(prof.name, dataset, key)
     if rec is not None:

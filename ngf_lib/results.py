@@ -25,9 +25,17 @@ REQUIRED_KEYS = ("profile", "dataset", "arch", "attack", "poison_rate", "defense
                  "wall_time_s", "device", "git_commit", "created", "config")
 
 
+def _json_default(o):
+    """JSON for what json cannot write: numeric scalars (numpy, 0-d tensors) as floats, anything else as text."""
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
 def config_key(config: dict) -> str:
     """A stable hash of a JSON-serialisable configuration (sorted keys): the identity of an experiment."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=_json_default)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -91,7 +99,7 @@ def write_record(record: dict) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True, default=float)
+            json.dump(record, f, indent=1, sort_keys=True, default=_json_default)
             f.write("\n")
         os.replace(tmp, path)
     finally:
@@ -102,7 +110,7 @@ def write_record(record: dict) -> Path:
 
 def as_stored(record: dict) -> dict:
     """The record as it reads back from disk (tuples become lists, floats stay floats)."""
-    return json.loads(json.dumps(record, sort_keys=True, default=float))
+    return json.loads(json.dumps(record, sort_keys=True, default=_json_default))
 
 
 def find_record(profile: str, dataset: str, key: str) -> dict | None:

@@ -121,3 +121,31 @@ def test_optimizer_step_equals_the_functional_update():
     assert _rel(got, ref.theta) < 1e-6
     with pytest.raises(TypeError, match="nn.Linear"):
         ngf.NGF(nn.Conv2d(1, 1, 1))
+
+
+def test_kfac_is_exact_when_the_fisher_is_a_kronecker_product():
+    feats, y, theta = _problem(n=1, d=9, C=4)
+    Hb = torch.cat([feats, torch.ones(1, 1, dtype=feats.dtype)], 1)
+    _, grad, R = ngf.loss_and_grad(theta, Hb, y)
+    V = torch.randn(4, 10, dtype=torch.float64)
+    for v in (grad, V):
+        assert _rel(ngf.kfac_direction(R, Hb, v, 1e-3), ngf.dense_direction(R, Hb, v, 1e-3)) < 1e-6
+
+
+def test_kfac_stays_close_to_the_exact_solve():
+    feats, y, theta = _problem(n=200, d=10, C=4, seed=3)
+    Hb = torch.cat([feats, torch.ones(200, 1, dtype=feats.dtype)], 1)
+    _, grad, R = ngf.loss_and_grad(theta, Hb, y)
+    k, d = ngf.kfac_direction(R, Hb, grad, 1e-2), ngf.dense_direction(R, Hb, grad, 1e-2)
+    cos = (k * d).sum() / (k.norm() * d.norm())
+    assert cos > 0.9, cos
+    a = ngf.purify_classifier(theta, feats, y, epochs=20, lr=0.1, damping=1e-2, solver="kfac")
+    b = ngf.purify_classifier(theta, feats, y, epochs=20, lr=0.1, damping=1e-2, solver="dense")
+    assert _rel(a.theta - theta, b.theta - theta) < 0.5
+
+
+def test_solver_choice():
+    assert ngf.choose_solver(500, 5130) == "woodbury"
+    assert ngf.choose_solver(50_000, 2_049_000) == "kfac"
+    with pytest.raises(ValueError, match="unknown solver"):
+        ngf.choose_solver(10, 10, "cholesky")

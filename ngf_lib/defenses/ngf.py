@@ -72,6 +72,44 @@ def woodbury_direction(R, Hb, V, damping: float, gram: torch.Tensor | None = Non
     return (V - GtU) / damping
 
 
+def kfac_direction(R, Hb, V, damping: float) -> torch.Tensor:
+    """``(S (x) A + damping I)^{-1} V`` with the Kronecker-factored Fisher of a linear layer (Martens & Grosse 2015).
+
+    ``F = E[(r r^T) (x) (hb hb^T)]`` is approximated by ``S (x) A`` with ``S = E[r r^T]`` (C x C) and
+    ``A = E[hb hb^T]`` ((d+1) x (d+1)); the damped inverse is applied exactly through the eigendecompositions of
+    ``S`` and ``A`` (no factored-damping approximation). Memory O(C^2 + d^2) instead of O(P^2) or O(n^2): the path
+    for layers and validation sets too large for the exact solves (ImageNet: P = 2.05 M, n in the tens of
+    thousands). Exact when the Fisher is itself a Kronecker product (one sample).
+    """
+    if damping <= 0:
+        raise ValueError(f"damping must be positive, got {damping}")
+    n = len(R)
+    S = R.T @ R / n                                                # (C, C)
+    A = Hb.T @ Hb / n                                              # (d+1, d+1)
+    return kfac_solve(S, A, V, damping)
+
+
+def kfac_solve(S, A, V, damping: float) -> torch.Tensor:
+    """``(S (x) A + damping I)^{-1} vec(V)`` for symmetric PSD factors, returned as a matrix like ``V``."""
+    ds, Us = torch.linalg.eigh(S)
+    da, Ua = torch.linalg.eigh(A)
+    W = Us.T @ V @ Ua                                              # V in the eigenbasis
+    W = W / (ds.clamp_min(0)[:, None] * da.clamp_min(0)[None, :] + damping)
+    return Us @ W @ Ua.T
+
+
+SOLVERS = {"woodbury": woodbury_direction, "dense": dense_direction, "kfac": kfac_direction}
+
+
+def choose_solver(n: int, P: int, solver: str = "auto") -> str:
+    """``"auto"``: the exact Woodbury solve while its n x n system is affordable (n <= 8192), else K-FAC."""
+    if solver == "auto":
+        return "woodbury" if n <= 8192 else "kfac"
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; use auto, {', '.join(SOLVERS)}")
+    return solver
+
+
 # --------------------------------------------------------------------------------------------------- the problem
 
 def fisher_diagonal(R: torch.Tensor, Hb: torch.Tensor) -> torch.Tensor:
@@ -103,23 +141,25 @@ class PurifyResult:
 
 
 def purify_classifier(theta0, feats, y, *, epochs=100, lr=0.01, eta=0.1, damping=1e-3, batch_size=None,
-                      lr_step=40, lr_gamma=0.1, solver="woodbury", seed=0, feature_fn=None) -> PurifyResult:
+                      lr_step=40, lr_gamma=0.1, solver="auto", seed=0, feature_fn=None) -> PurifyResult:
     """NGF on a linear classifier ``theta0 = [W | b]`` (C x (d+1)) given features ``feats`` (n x d) and labels.
 
     Algorithm 1 of the paper with full batch (``batch_size=None``); mini-batches of ``batch_size`` otherwise (one
     epoch = one pass over a fresh permutation). ``lr`` is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
     ``feature_fn(epoch)``, if given, returns new features for each epoch (augmentation); otherwise ``feats`` is fixed
-    and its Gram matrix is computed once. ``solver``: ``"woodbury"`` (exact, n x n) or ``"dense"`` (exact, P x P).
+    and its Gram matrix is computed once. ``solver``: ``"woodbury"`` (exact, n x n), ``"dense"`` (exact, P x P),
+    ``"kfac"`` (Kronecker-factored, for huge layers) or ``"auto"`` (:func:`choose_solver`).
     """
     t0 = time.time()
     theta = theta0.clone()
     n = len(y)
+    solver = choose_solver(n if batch_size is None else min(n, batch_size), theta.numel(), solver)
     ones = torch.ones(n, 1, dtype=theta.dtype, device=theta.device)
     Hb = torch.cat([feats.to(theta.dtype), ones], 1)
     # eq. 3: importance weights from the Fisher of the *initial* classifier on the clean validation set
     _, _, R0 = loss_and_grad(theta0, Hb, y)
     fdiag = fisher_diagonal(R0, Hb)
-    gram = Hb @ Hb.T if (feature_fn is None and solver == "woodbury") else None
+    gram = Hb @ Hb.T if (feature_fn is None and solver == "woodbury") else None   # fixed: cached features
     g = torch.Generator().manual_seed(seed)
     hist = []
     for epoch in range(epochs):
@@ -136,10 +176,8 @@ def purify_classifier(theta0, feats, y, *, epochs=100, lr=0.01, eta=0.1, damping
             if solver == "woodbury":
                 K = gram if full else (gram[idx][:, idx] if gram is not None else None)
                 step = woodbury_direction(R, Hbb, grad, damping, K)
-            elif solver == "dense":
-                step = dense_direction(R, Hbb, grad, damping)
             else:
-                raise ValueError(f"unknown solver {solver!r}; use 'woodbury' or 'dense'")
+                step = SOLVERS[solver](R, Hbb, grad, damping)
             theta = theta - lr_e * step
         loss, _, _ = loss_and_grad(theta, Hb, y, theta0, fdiag, eta)
         if not torch.isfinite(loss):
@@ -170,7 +208,7 @@ def _check_inputs(model, x, y):
 
 def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 100, lr: float = 0.01,
            eta: float = 0.1, damping: float = 1e-3, batch_size: int | None = None, augment: bool = False,
-           flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, solver: str = "woodbury",
+           flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, solver: str = "auto",
            dtype=torch.float64, device=None, seed: int = 0) -> torch.nn.Module:
     """Purify ``model`` with NGF (paper eq. 3-6, Algorithm 1); returns a purified copy (``model`` is untouched).
 
