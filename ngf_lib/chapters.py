@@ -30,12 +30,16 @@ def chapter_sources(notebooks_dir=None) -> list[Path]:
 
 
 def strip_volatile(nb_path: Path) -> None:
-    """Drop papermill's timing metadata (it changes every run and hides real diffs); keep outputs."""
+    """Drop papermill's timing metadata (it changes every run and hides real diffs); keep outputs; collapse the
+    injected-parameters cell on the site."""
     nb = json.loads(nb_path.read_text())
     nb.get("metadata", {}).pop("papermill", None)
     for cell in nb.get("cells", []):
         for k in VOLATILE_CELL_KEYS:
             cell.get("metadata", {}).pop(k, None)
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            tags.append("hide-cell")          # collapsed on the site; the run line at the end names the profile
     nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 

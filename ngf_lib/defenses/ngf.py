@@ -206,6 +206,20 @@ def _check_inputs(model, x, y):
     return fc, y.long()
 
 
+def classifier_theta(fc: torch.nn.Linear, dtype=torch.float64) -> torch.Tensor:
+    """``[W | b]`` (C x (d+1)) of a linear layer, detached, in ``dtype`` (zero bias column if it has none)."""
+    b = fc.bias.detach() if fc.bias is not None else torch.zeros(fc.out_features, device=fc.weight.device)
+    return torch.cat([fc.weight.detach(), b[:, None]], 1).to(dtype)
+
+
+@torch.no_grad()
+def set_classifier_theta(fc: torch.nn.Linear, theta: torch.Tensor) -> None:
+    """Write ``[W | b]`` back into a linear layer (in place)."""
+    fc.weight.copy_(theta[:, :-1].to(fc.weight.dtype))
+    if fc.bias is not None:
+        fc.bias.copy_(theta[:, -1].to(fc.bias.dtype))
+
+
 def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 100, lr: float = 0.01,
            eta: float = 0.1, damping: float = 1e-3, batch_size: int | None = None, augment: bool = False,
            flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, solver: str = "auto",
@@ -224,9 +238,7 @@ def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
     dev = torch.device(device) if device is not None else next(out.parameters()).device
     out.to(dev).eval()
     fc = classifier(out)
-    theta0 = torch.cat([fc.weight.detach(), (fc.bias.detach() if fc.bias is not None
-                                              else torch.zeros(fc.out_features, device=dev))[:, None]], 1)
-    theta0 = theta0.to(dev, dtype)
+    theta0 = classifier_theta(fc, dtype)
     feats = features(out, x.to(dev))
     if not torch.isfinite(feats).all():
         raise ValueError("the model's features of the clean images contain NaN or inf")
@@ -237,10 +249,7 @@ def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
     res = purify_classifier(theta0, feats, y.to(dev), epochs=epochs, lr=lr, eta=eta, damping=damping,
                             batch_size=batch_size, lr_step=lr_step, lr_gamma=lr_gamma, solver=solver, seed=seed,
                             feature_fn=feature_fn)
-    with torch.no_grad():
-        fc.weight.copy_(res.theta[:, :-1].to(fc.weight.dtype))
-        if fc.bias is not None:
-            fc.bias.copy_(res.theta[:, -1].to(fc.bias.dtype))
+    set_classifier_theta(fc, res.theta)
     out.ngf_history = {"loss": res.loss, "time_s": res.time_s}
     return out
 
@@ -326,9 +335,7 @@ def select_damping(model, x, y, *, grid=DAMPING_GRID, folds: int = 5, seed: int 
     fc, y = _check_inputs(model, x, y)
     dev = next(model.parameters()).device
     feats = features(model, x.to(dev)).to(dtype)
-    theta0 = torch.cat([fc.weight.detach(), (fc.bias.detach() if fc.bias is not None
-                                              else torch.zeros(fc.out_features, device=dev))[:, None]], 1)
-    theta0 = theta0.to(dev, dtype)
+    theta0 = classifier_theta(fc, dtype)
     n = len(y)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     parts = perm.chunk(folds)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from ..models import classifier, features
-from .ngf import _check_inputs, fisher_diagonal, loss_and_grad
+from .ngf import _check_inputs, classifier_theta, fisher_diagonal, loss_and_grad, set_classifier_theta
 
 OPTIMIZERS = {
     "sgd": lambda p, lr, momentum: torch.optim.SGD(p, lr=lr, momentum=momentum),
@@ -63,15 +63,11 @@ def finetune(model, x, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0,
     dev = torch.device(device) if device is not None else next(out.parameters()).device
     out.to(dev).eval()
     fc = classifier(out)
-    bias = fc.bias.detach() if fc.bias is not None else torch.zeros(fc.out_features, device=dev)
-    theta0 = torch.cat([fc.weight.detach(), bias[:, None]], 1).to(dev, dtype)
+    theta0 = classifier_theta(fc, dtype)
     feats = features(out, x.to(dev))
     theta, hist = finetune_classifier(theta0, feats, y.to(dev), optimizer=optimizer, epochs=epochs, lr=lr,
                                       momentum=momentum, eta=eta, batch_size=batch_size, lr_step=lr_step,
                                       lr_gamma=lr_gamma, seed=seed)
-    with torch.no_grad():
-        fc.weight.copy_(theta[:, :-1].to(fc.weight.dtype))
-        if fc.bias is not None:
-            fc.bias.copy_(theta[:, -1].to(fc.bias.dtype))
+    set_classifier_theta(fc, theta)
     out.ngf_history = {"loss": hist, "time_s": time.time() - t0}
     return out
