@@ -220,6 +220,20 @@ def set_classifier_theta(fc: torch.nn.Linear, theta: torch.Tensor) -> None:
         fc.bias.copy_(theta[:, -1].to(fc.bias.dtype))
 
 
+def prepare_copy(model, x, y, dtype=torch.float64, device=None):
+    """Shared set-up of the classifier-only defenses: validate the inputs, copy the model (eval mode, on ``device``),
+    and return ``(copy, its classifier, [W | b] in dtype, cached features of x, labels, device)``."""
+    _, y = _check_inputs(model, x, y)
+    out = copy.deepcopy(model)
+    dev = torch.device(device) if device is not None else next(out.parameters()).device
+    out.to(dev).eval()
+    fc = classifier(out)
+    feats = features(out, x.to(dev))
+    if not torch.isfinite(feats).all():
+        raise ValueError("the model's features of the clean images contain NaN or inf")
+    return out, fc, classifier_theta(fc, dtype), feats, y.to(dev), dev
+
+
 def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 100, lr: float = 0.01,
            eta: float = 0.1, damping: float = 0.1, batch_size: int | None = None, augment: bool = False,
            flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, solver: str = "auto",
@@ -237,20 +251,12 @@ def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
 
     >>> purified = purify(model, x_val, y_val)          # doctest: +SKIP
     """
-    fc, y = _check_inputs(model, x, y)
-    out = copy.deepcopy(model)
-    dev = torch.device(device) if device is not None else next(out.parameters()).device
-    out.to(dev).eval()
-    fc = classifier(out)
-    theta0 = classifier_theta(fc, dtype)
-    feats = features(out, x.to(dev))
-    if not torch.isfinite(feats).all():
-        raise ValueError("the model's features of the clean images contain NaN or inf")
+    out, fc, theta0, feats, y, dev = prepare_copy(model, x, y, dtype, device)
     feature_fn = None
     if augment:
         g = torch.Generator().manual_seed(seed)
         feature_fn = lambda epoch: features(out, augment_images(x.to(dev), flip=flip, generator=g))  # noqa: E731
-    res = purify_classifier(theta0, feats, y.to(dev), epochs=epochs, lr=lr, eta=eta, damping=damping,
+    res = purify_classifier(theta0, feats, y, epochs=epochs, lr=lr, eta=eta, damping=damping,
                             batch_size=batch_size, lr_step=lr_step, lr_gamma=lr_gamma, solver=solver, seed=seed,
                             feature_fn=feature_fn)
     set_classifier_theta(fc, res.theta)

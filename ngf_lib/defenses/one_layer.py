@@ -4,13 +4,11 @@ only difference to NGF is the preconditioner.
 """
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
 
-from ..models import classifier, features
-from .ngf import _check_inputs, classifier_theta, fisher_diagonal, loss_and_grad, set_classifier_theta
+from .ngf import fisher_diagonal, loss_and_grad, prepare_copy, set_classifier_theta
 
 OPTIMIZERS = {
     "sgd": lambda p, lr, momentum: torch.optim.SGD(p, lr=lr, momentum=momentum),
@@ -56,16 +54,9 @@ def finetune(model, x, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0,
     Defaults are NGF's (100 epochs, lr 0.01 x0.1 every 40 epochs, full batch) without the regulariser (``eta=0``),
     i.e. the paper's Cls.(SGD) row of Table I.
     """
-    _check_inputs(model, x, y)
-    y = torch.as_tensor(y).long()
     t0 = time.time()
-    out = copy.deepcopy(model)
-    dev = torch.device(device) if device is not None else next(out.parameters()).device
-    out.to(dev).eval()
-    fc = classifier(out)
-    theta0 = classifier_theta(fc, dtype)
-    feats = features(out, x.to(dev))
-    theta, hist = finetune_classifier(theta0, feats, y.to(dev), optimizer=optimizer, epochs=epochs, lr=lr,
+    out, fc, theta0, feats, y, _ = prepare_copy(model, x, y, dtype, device)
+    theta, hist = finetune_classifier(theta0, feats, y, optimizer=optimizer, epochs=epochs, lr=lr,
                                       momentum=momentum, eta=eta, batch_size=batch_size, lr_step=lr_step,
                                       lr_gamma=lr_gamma, seed=seed)
     set_classifier_theta(fc, theta)
