@@ -46,7 +46,7 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     prof = get_profile(profile)
     defend = defenses.get(defense)
     attack_params = attack_params or {}
-    _, atk, model_cfg, model_key = zoo._resolve(dataset, attack, prof, seed, poison_rate, attack_params)
+    _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
     vs = val_size if val_size is not None else prof.val_size.get(dataset, 0.01)
     cfg = defense_config(model_cfg, model_key, defense, effective_config(defend, defense_cfg), vs)
     key = results.config_key(cfg)

@@ -110,7 +110,8 @@ def evaluate(model, atk: attacks.Attack, data: ExperimentData, device=None) -> d
     return out
 
 
-def _resolve(dataset, attack, profile, seed, poison_rate, attack_params):
+def resolve(dataset, attack, profile, seed, poison_rate, attack_params):
+    """(profile, attack, model config, model key) of a model, without loading or training anything."""
     prof = get_profile(profile)
     atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **attack_params)
     cfg = model_config(dataset, atk, prof, seed)
@@ -138,7 +139,7 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
 
     Writes its record to the results store if missing (an existing record is kept: it is what the book shows).
     """
-    prof, atk, cfg, key = _resolve(dataset, attack, profile, seed, poison_rate, attack_params)
+    prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params)
     commit = results.git_commit()          # the code that runs now (read before the run, not after it)
     data = experiment_data(dataset, prof, data_dir)
     path = paths.model_dir() / f"{key}.safetensors"
@@ -148,8 +149,7 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
         model = build_model(prof.arch(dataset), data.dataset.num_classes, dataset)
         checkpoint.load_model(model, path)
         model.to(dev).eval()
-        if atk.controls_training or type(atk).prepare is not attacks.Attack.prepare:
-            atk.prepare(data.x_train, data.y_train, device=dev)
+        atk.prepare(data.x_train, data.y_train, device=dev)   # rebuild learned artefacts (a no-op for most)
     else:
         model, hist, train_time, n_poison = _train_and_save(prof, atk, cfg, key, data, seed, dev, progress)
     rec = results.find_record(prof.name, dataset, key)
@@ -170,7 +170,7 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
 def get_record(dataset: str = "cifar10", attack: str = "none", profile="cpu", seed: int = 0, poison_rate=None,
                *, data_dir=None, device=None, progress: bool = True, **attack_params) -> dict:
     """The record of this model: read from the results store, or computed now (training the model if needed)."""
-    prof, atk, cfg, key = _resolve(dataset, attack, profile, seed, poison_rate, attack_params)
+    prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params)
     rec = results.find_record(prof.name, dataset, key)
     if rec is not None:
         return rec

@@ -29,10 +29,10 @@ def test_record_is_written_then_reused_without_training(monkeypatch):
 
 
 def test_a_different_config_is_a_different_experiment():
-    a = zoo._resolve("cifar10", "badnets", "smoke", 0, None, {})[3]
-    b = zoo._resolve("cifar10", "badnets", "smoke", 1, None, {})[3]
-    c = zoo._resolve("cifar10", "badnets", "smoke", 0, 0.05, {})[3]
-    d = zoo._resolve("cifar10", "badnets", "smoke", 0, None, {"patch_size": 4})[3]
+    a = zoo.resolve("cifar10", "badnets", "smoke", 0, None, {})[3]
+    b = zoo.resolve("cifar10", "badnets", "smoke", 1, None, {})[3]
+    c = zoo.resolve("cifar10", "badnets", "smoke", 0, 0.05, {})[3]
+    d = zoo.resolve("cifar10", "badnets", "smoke", 0, None, {"patch_size": 4})[3]
     assert len({a, b, c, d}) == 4
 
 

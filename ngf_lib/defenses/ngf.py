@@ -110,6 +110,24 @@ def choose_solver(n: int, P: int, solver: str = "auto") -> str:
     return solver
 
 
+# ------------------------------------------------------------------------------------------------ the schedule
+
+def epoch_lr(lr: float, epoch: int, lr_step: int, lr_gamma: float) -> float:
+    """The paper's schedule: ``lr`` times ``lr_gamma`` every ``lr_step`` epochs (``lr_step=0``: constant)."""
+    return lr * lr_gamma ** (epoch // lr_step) if lr_step else lr
+
+
+def epoch_batches(n: int, batch_size, generator, device):
+    """Index batches of one epoch: all ``n`` samples in order (full batch, Algorithm 1), or a fresh permutation cut
+    into ``batch_size`` pieces."""
+    if batch_size is None:
+        yield torch.arange(n, device=device)
+        return
+    order = torch.randperm(n, generator=generator)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size].to(device)
+
+
 # --------------------------------------------------------------------------------------------------- the problem
 
 def fisher_diagonal(R: torch.Tensor, Hb: torch.Tensor) -> torch.Tensor:
@@ -165,11 +183,8 @@ def purify_classifier(theta0, feats, y, *, epochs=100, lr=0.01, eta=0.1, damping
     for epoch in range(epochs):
         if feature_fn is not None:
             Hb = torch.cat([feature_fn(epoch).to(theta.dtype), ones], 1)
-        lr_e = lr * lr_gamma ** (epoch // lr_step) if lr_step else lr
-        order = torch.arange(n) if batch_size is None else torch.randperm(n, generator=g)
-        bs = n if batch_size is None else batch_size
-        for i in range(0, n, bs):
-            idx = order[i:i + bs].to(theta.device)
+        lr_e = epoch_lr(lr, epoch, lr_step, lr_gamma)
+        for idx in epoch_batches(n, batch_size, g, theta.device):
             full = batch_size is None
             Hbb, yb = (Hb, y) if full else (Hb[idx], y[idx])
             _, grad, R = loss_and_grad(theta, Hbb, yb, theta0, fdiag, eta)

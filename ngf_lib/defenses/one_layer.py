@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .ngf import fisher_diagonal, loss_and_grad, prepare_copy, set_classifier_theta
+from .ngf import epoch_batches, epoch_lr, fisher_diagonal, loss_and_grad, prepare_copy, set_classifier_theta
 
 OPTIMIZERS = {
     "sgd": lambda p, lr, momentum: torch.optim.SGD(p, lr=lr, momentum=momentum),
@@ -33,11 +33,8 @@ def finetune_classifier(theta0, feats, y, *, optimizer="sgd", epochs=100, lr=0.0
     hist = []
     for epoch in range(epochs):
         for group in opt.param_groups:
-            group["lr"] = lr * lr_gamma ** (epoch // lr_step) if lr_step else lr
-        order = torch.arange(n) if batch_size is None else torch.randperm(n, generator=g)
-        bs = n if batch_size is None else batch_size
-        for i in range(0, n, bs):
-            idx = order[i:i + bs].to(theta.device)
+            group["lr"] = epoch_lr(lr, epoch, lr_step, lr_gamma)
+        for idx in epoch_batches(n, batch_size, g, theta.device):
             with torch.no_grad():
                 _, grad, _ = loss_and_grad(theta, Hb[idx], y[idx], theta0, fdiag, eta)
             theta.grad = grad
