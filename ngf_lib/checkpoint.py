@@ -21,10 +21,15 @@ class UntrustedCheckpointError(RuntimeError):
 
 def save_model(model: torch.nn.Module, path, metadata: dict | None = None) -> Path:
     """Write ``model``'s state dict as safetensors, atomically (temp file, then rename)."""
+    return save_tensors(model.state_dict(), path, metadata)
+
+
+def save_tensors(state: dict, path, metadata: dict | None = None) -> Path:
+    """Write a dict of tensors as safetensors, atomically (temp file, then rename)."""
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:

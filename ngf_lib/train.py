@@ -112,6 +112,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if attack is not None and attack.controls_training:
+                attack.after_step(model, step, total)
             step += 1
             tot_loss += loss.item() * len(yb)
             correct += (out.argmax(1) == yb).sum().item()

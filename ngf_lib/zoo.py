@@ -130,6 +130,9 @@ def _train_and_save(prof, atk, cfg, key, data, seed, device, progress):
                  device=dev, progress=progress, desc=f"{dataset}/{atk.name}/s{seed}")
     train_time = time.time() - t0
     checkpoint.save_model(model, paths.model_dir() / f"{key}.safetensors", metadata={"key": key})
+    state = atk.state_tensors()
+    if state:                      # what the attack learned while training (generators): needed for its trigger
+        checkpoint.save_tensors(state, paths.model_dir() / f"{key}.attack.safetensors", metadata={"key": key})
     return model, hist, train_time, len(ps.poison_idx)
 
 
@@ -150,6 +153,9 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
         checkpoint.load_model(model, path)
         model.to(dev).eval()
         atk.prepare(data.x_train, data.y_train, device=dev)   # rebuild learned artefacts (a no-op for most)
+        state_path = paths.model_dir() / f"{key}.attack.safetensors"
+        if state_path.is_file():
+            atk.load_state_tensors(checkpoint.load_state_dict(state_path))
     else:
         model, hist, train_time, n_poison = _train_and_save(prof, atk, cfg, key, data, seed, dev, progress)
     rec = results.find_record(prof.name, dataset, key)

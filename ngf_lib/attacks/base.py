@@ -140,6 +140,23 @@ class Attack:
         """An additional training loss (CBA's contrastive term, ...). Default: none."""
         return None
 
+    def after_step(self, model, step: int, total: int) -> None:
+        """Called by the training loop after every optimiser step of the model. Attacks that learn artefacts
+        jointly with the model (Input-aware's generators, whose gradients flow from the same ``loss.backward()``
+        when ``training_batch`` builds triggered images differentiably) step and zero their own optimiser here.
+        Default: nothing."""
+
+    # ----------------------------------------------------------------------------------------- learned state
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors learned during training that the trigger needs later (generators, ...): saved with the model
+        (``<model key>.attack.safetensors``) and given back to :meth:`load_state_tensors` when the model is
+        loaded. Artefacts learned in :meth:`prepare` are cached there instead (:func:`cached_artefact`)."""
+        return {}
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"{self.name} has no learned state, got {sorted(state)}")
+
     # ------------------------------------------------------------------------------------------------ evaluation
     def asr_set(self, x_test: torch.Tensor, y_test: torch.Tensor):
         """Triggered test images and the labels that count as success (paper Section III).
@@ -149,6 +166,23 @@ class Attack:
         keep = torch.ones_like(y_test, dtype=torch.bool) if self.all_to_all else (y_test != self.target)
         xs, ys = x_test[keep], y_test[keep]
         return self.apply(xs, ys), self.target_labels(ys)
+
+
+def cached_artefact(attack: Attack, what: str, config: dict, build) -> dict[str, torch.Tensor]:
+    """Tensors an attack learns before poisoning (a Trojan trigger, an ISSBA encoder, CLB's perturbations), cached
+    like models: ``$NGF_CACHE_DIR/artefacts/<attack>-<what>-<hash of config>.safetensors``.
+
+    ``build()`` returns a dict of tensors; it runs only when the cache has no entry for ``config`` (which must hold
+    everything the artefact depends on, e.g. the data's size and the surrogate's recipe).
+    """
+    from .. import checkpoint, paths, results
+    key = results.config_key({"attack": attack.name, "what": what, **config})
+    path = paths.cache_dir() / "artefacts" / f"{attack.name}-{what}-{key}.safetensors"
+    if path.is_file():
+        return checkpoint.load_state_dict(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in build().items()}
+    checkpoint.save_tensors(state, path, metadata={"attack": attack.name, "what": what, "key": key})
+    return state
 
 
 @register
