@@ -71,3 +71,54 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
            "history": getattr(purified, "ngf_history", None)}
     results.write_record(rec)
     return results.as_stored(rec)
+
+
+PLANS = {}          # named lists of (label, defense, config), filled below; the CLI runs them by name
+
+
+def run_plan(plan, attacks=("badnets", "blend"), seeds=(0,), dataset: str = "cifar10", profile="cpu",
+             progress: bool = True, **common) -> list[dict]:
+    """Records of every ``(label, defense, config)`` of ``plan`` for every attack and seed (computed if missing).
+
+    Returns one flat dict per run: ``label``, ``step`` (position in the plan) and the record's fields.
+    """
+    if isinstance(plan, str):
+        if plan not in PLANS:
+            raise ValueError(f"unknown plan {plan!r}; available: {', '.join(sorted(PLANS))}")
+        plan = PLANS[plan]
+    rows = []
+    for attack in attacks:
+        for seed in seeds:
+            for i, (label, defense, cfg) in enumerate(plan):
+                t0 = time.time()
+                rec = defended_record(dataset, attack, defense, profile, seed, progress=False, **common, **cfg)
+                if progress:
+                    print(f"{attack:>8} s{seed} {label:<45} ACC {rec['acc']:5.1f}  ASR {rec['asr']:5.1f}  "
+                          f"({time.time() - t0:.0f} s)", flush=True)
+                rows.append({"label": label, "step": i, **rec})
+    return rows
+
+
+def _register_plans():
+    from .defenses import release
+    PLANS["ablation"] = release.ABLATION
+    PLANS["first-order"] = release.FIRST_ORDER_CONTRASTS
+
+
+_register_plans()
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description="Run a named plan of defenses (records are computed only if missing).")
+    p.add_argument("plan", choices=sorted(PLANS))
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--attacks", nargs="+", default=["badnets", "blend"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    a = p.parse_args(argv)
+    run_plan(a.plan, a.attacks, a.seeds, a.dataset, a.profile)
+
+
+if __name__ == "__main__":
+    main()

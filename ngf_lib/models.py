@@ -173,8 +173,10 @@ def classifier(model: nn.Module) -> nn.Linear:
 
 
 @torch.no_grad()
-def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The inputs of :func:`classifier` for images ``x`` (float in [0, 1] or uint8), computed in eval mode.
+@torch.no_grad()
+def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, train: bool = False) -> torch.Tensor:
+    """The inputs of :func:`classifier` for images ``x`` (float in [0, 1] or uint8), computed in eval mode
+    (``train=True``: in train mode, so BatchNorm uses batch statistics and updates its running ones).
 
     Works for any model: a forward hook on the classifier records its input. Returns ``(N, d)`` float32 on ``x``'s
     device; the model's train/eval mode is restored afterwards.
@@ -185,7 +187,7 @@ def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.
     got = []
     hook = fc.register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach().flatten(1).float()))
     was_training = model.training
-    model.eval()
+    model.train(train)
     try:
         for i in range(0, len(x), batch_size):
             model(to_float(x[i:i + batch_size].to(dev)))

@@ -6,16 +6,17 @@ clean validation data only.
 
 >>> from ngf_lib import defenses
 >>> defenses.available()
-['cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sgd', 'ngf']
+['cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sgd', 'ngf', 'ngf-release']
 """
 from __future__ import annotations
 
 from functools import partial
 
-from . import ngf, one_layer
+from . import ngf, one_layer, release
 from .ngf import NGF, purify
+from .release import EKFAC, purify_release
 
-REGISTRY = {"ngf": ngf.purify}
+REGISTRY = {"ngf": ngf.purify, "ngf-release": release.purify_release}
 for _opt in one_layer.OPTIMIZERS:     # the paper's Cls.(SGD) (Table I) and the first-order rows of Table III
     REGISTRY[f"cls-{_opt}"] = partial(one_layer.finetune, optimizer=_opt)
 
@@ -31,4 +32,4 @@ def get(name: str):
     return REGISTRY[name]
 
 
-__all__ = ["NGF", "purify", "available", "get", "REGISTRY"]
+__all__ = ["NGF", "EKFAC", "purify", "purify_release", "available", "get", "REGISTRY"]

@@ -117,15 +117,36 @@ def epoch_lr(lr: float, epoch: int, lr_step: int, lr_gamma: float) -> float:
     return lr * lr_gamma ** (epoch // lr_step) if lr_step else lr
 
 
-def epoch_batches(n: int, batch_size, generator, device):
-    """Index batches of one epoch: all ``n`` samples in order (full batch, Algorithm 1), or a fresh permutation cut
-    into ``batch_size`` pieces."""
-    if batch_size is None:
-        yield torch.arange(n, device=device)
+def schedule(n: int, *, epochs: int = 100, batch_size=None, lr: float = 0.01, lr_step: int = 40,
+             lr_gamma: float = 0.1, steps=None, lr_milestones=(0.35, 0.75), generator=None, device=None):
+    """The update schedule of the classifier-only defenses: yields ``(lr, batch indices, end_of_epoch)``.
+
+    * ``steps=None`` (the paper, Algorithm 1): ``epochs`` passes over the ``n`` samples, the whole set per update
+      (``batch_size=None``) or a fresh permutation cut into ``batch_size`` pieces; ``lr`` x ``lr_gamma`` every
+      ``lr_step`` epochs.
+    * ``steps=N`` (the authors' earlier release): ``N`` updates, each on ``batch_size`` samples drawn *with
+      replacement*; ``lr`` x ``lr_gamma`` at each fraction of ``N`` in ``lr_milestones``. ``end_of_epoch`` marks
+      every ``ceil(n / batch_size)``-th step (and the last), where the loss history is recorded.
+    """
+    if steps is None:
+        for epoch in range(epochs):
+            lr_e = epoch_lr(lr, epoch, lr_step, lr_gamma)
+            if batch_size is None:
+                yield lr_e, torch.arange(n, device=device), True
+                continue
+            order = torch.randperm(n, generator=generator)
+            for i in range(0, n, batch_size):
+                yield lr_e, order[i:i + batch_size].to(device), i + batch_size >= n
         return
-    order = torch.randperm(n, generator=generator)
-    for i in range(0, n, batch_size):
-        yield order[i:i + batch_size].to(device)
+    if batch_size is None:
+        raise ValueError("steps= draws batches with replacement: give batch_size too")
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
+    per_epoch = math.ceil(n / batch_size)
+    for s in range(steps):
+        lr_s = lr * lr_gamma ** sum(s >= m * steps for m in lr_milestones)
+        idx = torch.randint(0, n, (batch_size,), generator=generator).to(device)
+        yield lr_s, idx, (s + 1) % per_epoch == 0 or s + 1 == steps
 
 
 # --------------------------------------------------------------------------------------------------- the problem
@@ -158,51 +179,82 @@ class PurifyResult:
     time_s: float = 0.0
 
 
+def with_ones(feats: torch.Tensor, dtype) -> torch.Tensor:
+    """``Hb = [h, 1]`` (n x (d+1)) in ``dtype``: features with the bias coordinate."""
+    return torch.cat([feats.to(dtype), torch.ones(len(feats), 1, dtype=dtype, device=feats.device)], 1)
+
+
 def purify_classifier(theta0, feats, y, *, epochs=100, lr=0.01, eta=0.1, damping=1e-3, batch_size=None,
-                      lr_step=40, lr_gamma=0.1, solver="auto", seed=0, feature_fn=None) -> PurifyResult:
+                      lr_step=40, lr_gamma=0.1, solver="auto", seed=0, feature_fn=None, steps=None,
+                      lr_milestones=(0.35, 0.75), momentum=0.0) -> PurifyResult:
     """NGF on a linear classifier ``theta0 = [W | b]`` (C x (d+1)) given features ``feats`` (n x d) and labels.
 
-    Algorithm 1 of the paper with full batch (``batch_size=None``); mini-batches of ``batch_size`` otherwise (one
-    epoch = one pass over a fresh permutation). ``lr`` is multiplied by ``lr_gamma`` every ``lr_step`` epochs.
-    ``feature_fn(epoch)``, if given, returns new features for each epoch (augmentation); otherwise ``feats`` is fixed
-    and its Gram matrix is computed once. ``solver``: ``"woodbury"`` (exact, n x n), ``"dense"`` (exact, P x P),
-    ``"kfac"`` (Kronecker-factored, for huge layers) or ``"auto"`` (:func:`choose_solver`).
+    Algorithm 1 of the paper with full batch (``batch_size=None``); mini-batches of ``batch_size`` otherwise; the
+    schedule (epochs or ``steps`` with replacement) is :func:`schedule`'s. ``feature_fn(idx)``, if given, returns
+    fresh features of samples ``idx`` for every update (augmentation, BatchNorm in train mode); otherwise ``feats`` is
+    fixed and its Gram matrix is computed once. ``solver``: ``"woodbury"`` (exact, n x n), ``"dense"`` (exact,
+    P x P), ``"kfac"`` (Kronecker-factored, for huge layers) or ``"auto"`` (:func:`choose_solver`).
+    The regulariser's weights (eq. 3) and the recorded loss use ``feats``. ``momentum`` (not in the paper; the
+    release's optimizer has it): heavy-ball momentum on the natural-gradient direction.
     """
     t0 = time.time()
     theta = theta0.clone()
     n = len(y)
     solver = choose_solver(n if batch_size is None else min(n, batch_size), theta.numel(), solver)
-    ones = torch.ones(n, 1, dtype=theta.dtype, device=theta.device)
-    Hb = torch.cat([feats.to(theta.dtype), ones], 1)
+    Hb = with_ones(feats, theta.dtype)
     # eq. 3: importance weights from the Fisher of the *initial* classifier on the clean validation set
     _, _, R0 = loss_and_grad(theta0, Hb, y)
     fdiag = fisher_diagonal(R0, Hb)
     gram = Hb @ Hb.T if (feature_fn is None and solver == "woodbury") else None   # fixed: cached features
     g = torch.Generator().manual_seed(seed)
     hist = []
-    for epoch in range(epochs):
+    buf = torch.zeros_like(theta)
+    for lr_s, idx, end in schedule(n, epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step,
+                                   lr_gamma=lr_gamma, steps=steps, lr_milestones=lr_milestones, generator=g,
+                                   device=theta.device):
+        full = batch_size is None and steps is None
         if feature_fn is not None:
-            Hb = torch.cat([feature_fn(epoch).to(theta.dtype), ones], 1)
-        lr_e = epoch_lr(lr, epoch, lr_step, lr_gamma)
-        for idx in epoch_batches(n, batch_size, g, theta.device):
-            full = batch_size is None
-            Hbb, yb = (Hb, y) if full else (Hb[idx], y[idx])
-            _, grad, R = loss_and_grad(theta, Hbb, yb, theta0, fdiag, eta)
-            if solver == "woodbury":
-                K = gram if full else (gram[idx][:, idx] if gram is not None else None)
-                step = woodbury_direction(R, Hbb, grad, damping, K)
-            else:
-                step = SOLVERS[solver](R, Hbb, grad, damping)
-            theta = theta - lr_e * step
-        loss, _, _ = loss_and_grad(theta, Hb, y, theta0, fdiag, eta)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"NGF diverged at epoch {epoch + 1} (loss {loss.item()}); "
-                                     f"raise damping or lower lr")
-        hist.append(loss.item())
+            Hbb = with_ones(feature_fn(idx), theta.dtype)
+        else:
+            Hbb = Hb if full else Hb[idx]
+        yb = y if full else y[idx]
+        _, grad, R = loss_and_grad(theta, Hbb, yb, theta0, fdiag, eta)
+        if solver == "woodbury":
+            K = (gram if full else gram[idx][:, idx]) if gram is not None else None
+            step = woodbury_direction(R, Hbb, grad, damping, K)
+        else:
+            step = SOLVERS[solver](R, Hbb, grad, damping)
+        if momentum:
+            step = buf.mul_(momentum).add_(step)
+        theta = theta - lr_s * step
+        if end:
+            loss, _, _ = loss_and_grad(theta, Hb, y, theta0, fdiag, eta)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"NGF diverged after {len(hist) + 1} epochs (loss {loss.item()}); "
+                                         f"raise damping or lower lr")
+            hist.append(loss.item())
     return PurifyResult(theta, hist, time.time() - t0)
 
 
 # ------------------------------------------------------------------------------------------------- model interface
+
+def as_tensors(x, y=None):
+    """``(x, y)`` as tensors: passes tensors through, concatenates a ``DataLoader`` (or any iterable of
+    ``(images, labels)`` batches) given as ``x`` with ``y=None``."""
+    if y is not None:
+        return x, y
+    if isinstance(x, torch.Tensor):
+        raise ValueError("labels y are missing (give x, y tensors or a DataLoader of (images, labels) as x)")
+    xs, ys = [], []
+    for batch in x:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("a data loader must yield (images, labels) batches")
+        xs.append(torch.as_tensor(batch[0]))
+        ys.append(torch.as_tensor(batch[1]))
+    if not xs:
+        raise ValueError("no clean validation data: the data loader is empty")
+    return torch.cat(xs), torch.cat(ys)
+
 
 def _check_inputs(model, x, y):
     fc = classifier(model)
@@ -249,16 +301,26 @@ def prepare_copy(model, x, y, dtype=torch.float64, device=None):
     return out, fc, classifier_theta(fc, dtype), feats, y.to(dev), dev
 
 
-def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 100, lr: float = 0.01,
+def purify(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, epochs: int = 100, lr: float = 0.01,
            eta: float = 0.1, damping: float = 0.1, batch_size: int | None = None, augment: bool = False,
-           flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, solver: str = "auto",
+           flip: bool = True, lr_step: int = 40, lr_gamma: float = 0.1, steps: int | None = None,
+           lr_milestones: tuple = (0.35, 0.75), bn_mode: str = "eval", momentum: float = 0.0, solver: str = "auto",
            dtype=torch.float64, device=None, seed: int = 0) -> torch.nn.Module:
     """Purify ``model`` with NGF (paper eq. 3-6, Algorithm 1); returns a purified copy (``model`` is untouched).
 
-    Only the classifier (the last ``nn.Linear``, weight and bias) changes. ``x, y``: the defender's clean
-    validation images (uint8 or [0, 1] floats, ``(n, 3, H, W)``) and labels. With ``augment=False`` the backbone
-    runs once in eval mode and every epoch works on cached features; ``augment=True`` recomputes features of randomly
-    cropped (and, if ``flip``, flipped) images every epoch.
+    Only the classifier (the last ``nn.Linear``, weight and bias) is trained. ``x, y``: the defender's clean
+    validation images (uint8 or [0, 1] floats, ``(n, 3, H, W)``) and labels (a ``DataLoader`` of such pairs is
+    also accepted). The defaults are the paper's Algorithm 1: full batch, 100 epochs, lr 0.01 x0.1 every 40 epochs,
+    eta 0.1, the backbone in eval mode, once, on cached features.
+
+    Switches towards the authors' earlier release (chapter "One layer: SGD vs NGF", the ablation), one at a time:
+
+    * ``augment=True``: features of randomly cropped (and, if ``flip``, flipped) images, recomputed for every update;
+    * ``steps=N, batch_size=B``: ``N`` updates on batches of ``B`` drawn with replacement, lr x ``lr_gamma`` at the
+      fractions ``lr_milestones`` of ``N`` (instead of epochs);
+    * ``bn_mode="train"``: the frozen backbone's BatchNorm layers use each batch's statistics and update their
+      running statistics (so the returned model's BatchNorm buffers change too; its weights do not);
+    * ``eta=0``: no regulariser; ``damping``: see below; ``momentum``: heavy-ball momentum on the NGF direction.
 
     ``damping`` (the paper gives none): 0.1 is what 5-fold cross-validation on the clean validation split chose for
     both ``cpu``-profile models of chapter 2 (BadNets and Blend, Table 2.1; grid 1e-5 ... 1). For your own model, run
@@ -266,15 +328,23 @@ def purify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: 
 
     >>> purified = purify(model, x_val, y_val)          # doctest: +SKIP
     """
+    if bn_mode not in ("eval", "train"):
+        raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
+    x, y = as_tensors(x, y)
     out, fc, theta0, feats, y, dev = prepare_copy(model, x, y, dtype, device)
     feature_fn = None
-    if augment:
-        g = torch.Generator().manual_seed(seed)
-        feature_fn = lambda epoch: features(out, augment_images(x.to(dev), flip=flip, generator=g))  # noqa: E731
+    if augment or bn_mode == "train":
+        g = torch.Generator().manual_seed(seed + 1)
+        xd = x.to(dev)
+
+        def feature_fn(idx):
+            xb = augment_images(xd[idx], flip=flip, generator=g) if augment else xd[idx]
+            return features(out, xb, train=bn_mode == "train")
     res = purify_classifier(theta0, feats, y, epochs=epochs, lr=lr, eta=eta, damping=damping,
                             batch_size=batch_size, lr_step=lr_step, lr_gamma=lr_gamma, solver=solver, seed=seed,
-                            feature_fn=feature_fn)
+                            feature_fn=feature_fn, steps=steps, lr_milestones=lr_milestones, momentum=momentum)
     set_classifier_theta(fc, res.theta)
+    out.eval()
     out.ngf_history = {"loss": res.loss, "time_s": res.time_s}
     return out
 

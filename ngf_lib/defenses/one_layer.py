@@ -8,7 +8,8 @@ import time
 
 import torch
 
-from .ngf import epoch_batches, epoch_lr, fisher_diagonal, loss_and_grad, prepare_copy, set_classifier_theta
+from .ngf import (as_tensors, fisher_diagonal, loss_and_grad, prepare_copy, schedule, set_classifier_theta,
+                  with_ones)
 
 OPTIMIZERS = {
     "sgd": lambda p, lr, momentum: torch.optim.SGD(p, lr=lr, momentum=momentum),
@@ -19,32 +20,37 @@ OPTIMIZERS = {
 
 
 def finetune_classifier(theta0, feats, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0,
-                        batch_size=None, lr_step=40, lr_gamma=0.1, seed=0):
-    """First-order fine-tuning of ``theta0 = [W | b]`` on features; returns ``(theta, loss per epoch)``."""
+                        batch_size=None, lr_step=40, lr_gamma=0.1, seed=0, steps=None,
+                        lr_milestones=(0.35, 0.75)):
+    """First-order fine-tuning of ``theta0 = [W | b]`` on features; returns ``(theta, loss per epoch)``.
+
+    Same schedule as NGF (:func:`~ngf_lib.defenses.ngf.schedule`), same loss (eq. 3 with ``eta``)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     n = len(y)
-    Hb = torch.cat([feats.to(theta0.dtype), torch.ones(n, 1, dtype=theta0.dtype, device=theta0.device)], 1)
+    Hb = with_ones(feats, theta0.dtype)
     _, _, R0 = loss_and_grad(theta0, Hb, y)
     fdiag = fisher_diagonal(R0, Hb)
     theta = theta0.clone().requires_grad_(True)
     opt = OPTIMIZERS[optimizer]([theta], lr, momentum)
     g = torch.Generator().manual_seed(seed)
     hist = []
-    for epoch in range(epochs):
+    for lr_s, idx, end in schedule(n, epochs=epochs, batch_size=batch_size, lr=lr, lr_step=lr_step,
+                                   lr_gamma=lr_gamma, steps=steps, lr_milestones=lr_milestones, generator=g,
+                                   device=theta.device):
         for group in opt.param_groups:
-            group["lr"] = epoch_lr(lr, epoch, lr_step, lr_gamma)
-        for idx in epoch_batches(n, batch_size, g, theta.device):
-            with torch.no_grad():
-                _, grad, _ = loss_and_grad(theta, Hb[idx], y[idx], theta0, fdiag, eta)
-            theta.grad = grad
-            opt.step()
+            group["lr"] = lr_s
         with torch.no_grad():
-            hist.append(loss_and_grad(theta, Hb, y, theta0, fdiag, eta)[0].item())
+            _, grad, _ = loss_and_grad(theta, Hb[idx], y[idx], theta0, fdiag, eta)
+        theta.grad = grad
+        opt.step()
+        if end:
+            with torch.no_grad():
+                hist.append(loss_and_grad(theta, Hb, y, theta0, fdiag, eta)[0].item())
     return theta.detach(), hist
 
 
-def finetune(model, x, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0, batch_size=None,
+def finetune(model, x, y=None, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0, batch_size=None,
              lr_step=40, lr_gamma=0.1, dtype=torch.float64, device=None, seed=0):
     """Fine-tune only the classifier of a copy of ``model`` with a first-order optimizer on cached features.
 
@@ -52,6 +58,7 @@ def finetune(model, x, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0,
     i.e. the paper's Cls.(SGD) row of Table I.
     """
     t0 = time.time()
+    x, y = as_tensors(x, y)
     out, fc, theta0, feats, y, _ = prepare_copy(model, x, y, dtype, device)
     theta, hist = finetune_classifier(theta0, feats, y, optimizer=optimizer, epochs=epochs, lr=lr,
                                       momentum=momentum, eta=eta, batch_size=batch_size, lr_step=lr_step,
