@@ -12,20 +12,24 @@ import time
 import torch
 
 from . import defenses, metrics, results, zoo
+from .data import dataset_info
 from .profiles import get_profile
 from .train import default_device
+
+
+NOT_CONFIG = ("model", "x", "y", "device", "progress")   # arguments that do not change what a defense computes
 
 
 def effective_config(defend, cfg: dict) -> dict:
     """The defense's full configuration: its defaults overridden by ``cfg`` (so a record never depends on defaults
     that may change later). Unknown keys are an error that names them."""
     sig = inspect.signature(defend)
-    unknown = sorted(set(cfg) - set(sig.parameters))
+    unknown = sorted(set(cfg) - set(sig.parameters) | set(cfg) & set(NOT_CONFIG))
     if unknown:
         raise ValueError(f"unknown defense parameter(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(k for k in sig.parameters if k not in ('model', 'x', 'y'))}")
+                         f"accepted: {', '.join(k for k in sig.parameters if k not in NOT_CONFIG)}")
     out = {k: p.default for k, p in sig.parameters.items()
-           if p.default is not inspect.Parameter.empty and k != "device"}
+           if p.default is not inspect.Parameter.empty and k not in NOT_CONFIG}
     out.update(cfg)
     return out
 
@@ -46,6 +50,8 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     prof = get_profile(profile)
     defend = defenses.get(defense)
     attack_params = attack_params or {}
+    if "flip" in inspect.signature(defend).parameters and "flip" not in defense_cfg:
+        defense_cfg["flip"] = dataset_info(dataset).flip          # GTSRB: never mirror traffic signs
     _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
     vs = val_size if val_size is not None else prof.val_size.get(dataset, 0.01)
     cfg = defense_config(model_cfg, model_key, defense, effective_config(defend, defense_cfg), vs)

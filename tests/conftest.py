@@ -23,3 +23,32 @@ def cifar():
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def small_badnets(cifar):
+    """A small BadNets-backdoored cpu_net (trained once per test session, about half a minute on 2 idle cores), the
+    defender's 500 clean validation images and 2,000 test images: the model every defense test purifies.
+
+    Returns a dict: model (eval mode), attack, x_val, y_val, x_test, y_test, acc, asr (of the model, percent)."""
+    from ngf_lib import attacks, metrics
+    from ngf_lib.data import make_split
+    from ngf_lib.models import build_model
+    from ngf_lib.train import TrainConfig, train
+    split = make_split(cifar.y_train, holdout=0.05, seed=0)
+    g = torch.Generator().manual_seed(0)
+    tr = split.train_idx[torch.randperm(len(split.train_idx), generator=g)[:6000]]
+    val = split.val(500)
+    atk = attacks.get("badnets", 10, poison_rate=0.1)
+    ps = atk.poison_training_set(cifar.x_train[tr], cifar.y_train[tr])
+    torch.manual_seed(0)
+    model = build_model("cpu_net", 10, "cifar10")
+    cfg = TrainConfig(epochs=6, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                      schedule="onecycle", warmup=0.15)
+    train(model, ps.x, ps.y, cfg, seed=0, progress=False, device="cpu")
+    te = torch.randperm(len(cifar.y_test), generator=g)[:2000]
+    out = {"model": model.eval(), "attack": atk, "x_val": cifar.x_train[val], "y_val": cifar.y_train[val],
+           "x_test": cifar.x_test[te], "y_test": cifar.y_test[te]}
+    out["acc"] = metrics.accuracy(model, out["x_test"], out["y_test"])
+    out["asr"] = metrics.attack_success_rate(model, atk, out["x_test"], out["y_test"])
+    return out

@@ -6,19 +6,30 @@ clean validation data only.
 
 >>> from ngf_lib import defenses
 >>> defenses.available()
-['cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sgd', 'ngf', 'ngf-release']
+['cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sam', 'cls-sgd', 'cls-sgd-long', 'fp', 'ft', 'nad', 'ngf', 'ngf-all', 'ngf-noreg', 'ngf-release', 'sam-all']
 """
 from __future__ import annotations
 
 from functools import partial
 
-from . import ngf, one_layer, release
+from . import fp, ft, nad, ngf, ngf_all, one_layer, release
 from .ngf import NGF, purify
 from .release import EKFAC, purify_release
 
-REGISTRY = {"ngf": ngf.purify, "ngf-release": release.purify_release}
-for _opt in one_layer.OPTIMIZERS:     # the paper's Cls.(SGD) (Table I) and the first-order rows of Table III
+REGISTRY = {
+    "ngf": ngf.purify,                                       # the paper's Algorithm 1
+    "ngf-noreg": partial(ngf.purify, eta=0.0),               # Table VI: NGF without the regulariser of eq. 3
+    "ngf-release": release.purify_release,                   # the authors' earlier release (chapter 2)
+    "ngf-all": ngf_all.ngf_all_layers,                       # Table V: NGF on all layers (K-FAC per layer)
+    "ft": ft.finetune,                                       # vanilla fine-tuning of all layers (Table II)
+    "sam-all": partial(ft.finetune, sam_rho=0.05),           # Table V: SAM on all layers
+    "fp": fp.fine_prune,                                     # Fine-Pruning (supplement)
+    "nad": nad.nad,                                          # Neural Attention Distillation (supplement)
+}
+for _opt in one_layer.OPTIMIZERS:     # the paper's Cls.(SGD) (Table I) and the one-layer rows of Table III
     REGISTRY[f"cls-{_opt}"] = partial(one_layer.finetune, optimizer=_opt)
+# Table VI: SGD-Long, 2,500 epochs; the schedule stretched with the run (x0.1 every 40 % of it, as 40 of 100 epochs)
+REGISTRY["cls-sgd-long"] = partial(one_layer.finetune, optimizer="sgd", epochs=2500, lr_step=1000)
 
 
 def available() -> list[str]:

@@ -16,15 +16,18 @@ OPTIMIZERS = {
     "adagrad": lambda p, lr, momentum: torch.optim.Adagrad(p, lr=lr),
     "rmsprop": lambda p, lr, momentum: torch.optim.RMSprop(p, lr=lr),
     "adam": lambda p, lr, momentum: torch.optim.Adam(p, lr=lr),
+    "sam": lambda p, lr, momentum: torch.optim.SGD(p, lr=lr, momentum=momentum),   # base optimiser of SAM
 }
 
 
 def finetune_classifier(theta0, feats, y, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0,
                         batch_size=None, lr_step=40, lr_gamma=0.1, seed=0, steps=None,
-                        lr_milestones=(0.35, 0.75)):
+                        lr_milestones=(0.35, 0.75), rho=0.05):
     """First-order fine-tuning of ``theta0 = [W | b]`` on features; returns ``(theta, loss per epoch)``.
 
-    Same schedule as NGF (:func:`~ngf_lib.defenses.ngf.schedule`), same loss (eq. 3 with ``eta``)."""
+    Same schedule as NGF (:func:`~ngf_lib.defenses.ngf.schedule`), same loss (eq. 3 with ``eta``).
+    ``optimizer="sam"``: SAM (Foret et al. 2021), the gradient taken at ``theta + rho g / ||g||``, then an SGD step
+    (``rho`` 0.05: the default of the authors' own SAM class; the paper does not state it)."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     n = len(y)
@@ -42,6 +45,8 @@ def finetune_classifier(theta0, feats, y, *, optimizer="sgd", epochs=100, lr=0.0
             group["lr"] = lr_s
         with torch.no_grad():
             _, grad, _ = loss_and_grad(theta, Hb[idx], y[idx], theta0, fdiag, eta)
+            if optimizer == "sam" and grad.norm() > 0:
+                _, grad, _ = loss_and_grad(theta + rho * grad / grad.norm(), Hb[idx], y[idx], theta0, fdiag, eta)
         theta.grad = grad
         opt.step()
         if end:
@@ -51,7 +56,7 @@ def finetune_classifier(theta0, feats, y, *, optimizer="sgd", epochs=100, lr=0.0
 
 
 def finetune(model, x, y=None, *, optimizer="sgd", epochs=100, lr=0.01, momentum=0.0, eta=0.0, batch_size=None,
-             lr_step=40, lr_gamma=0.1, dtype=torch.float64, device=None, seed=0):
+             lr_step=40, lr_gamma=0.1, rho=0.05, dtype=torch.float64, device=None, seed=0):
     """Fine-tune only the classifier of a copy of ``model`` with a first-order optimizer on cached features.
 
     Defaults are NGF's (100 epochs, lr 0.01 x0.1 every 40 epochs, full batch) without the regulariser (``eta=0``),
@@ -62,7 +67,7 @@ def finetune(model, x, y=None, *, optimizer="sgd", epochs=100, lr=0.01, momentum
     out, fc, theta0, feats, y, _ = prepare_copy(model, x, y, dtype, device)
     theta, hist = finetune_classifier(theta0, feats, y, optimizer=optimizer, epochs=epochs, lr=lr,
                                       momentum=momentum, eta=eta, batch_size=batch_size, lr_step=lr_step,
-                                      lr_gamma=lr_gamma, seed=seed)
+                                      lr_gamma=lr_gamma, seed=seed, rho=rho)
     set_classifier_theta(fc, theta)
     out.ngf_history = {"loss": hist, "time_s": time.time() - t0}
     return out
