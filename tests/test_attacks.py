@@ -4,6 +4,49 @@ import torch
 from ngf_lib import attacks
 from ngf_lib.attacks.base import Attack
 
+# Attacks that learn artefacts in prepare() (a surrogate model, a trigger) get small settings here, so that the tests
+# parametrised over the registry stay fast; every attack is built and prepared as ngf_lib.zoo does it.
+FAST = {"troj-one": dict(surrogate_images=256, surrogate_epochs=1, steps=20),
+        "troj-all": dict(surrogate_images=256, surrogate_epochs=1, steps=20),
+        "clb": dict(surrogate_images=256, surrogate_epochs=1, steps=3),
+        "dyn-one": dict(mask_epochs=1), "dyn-all": dict(mask_epochs=1)}
+DATA_POISONING = [n for n in attacks.available()
+                  if n != "none" and not getattr(attacks.REGISTRY[n], "poisons_per_batch", False)]
+
+
+@pytest.fixture(autouse=True)
+def artefact_cache(tmp_path, monkeypatch):
+    """Artefacts learned by prepare() go to a temporary cache, never to the user's."""
+    monkeypatch.setenv("NGF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _random_set(n, seed, num_classes=10, size=32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, num_classes, (n,), generator=g))
+
+
+def _ready(name, x, y, num_classes=10, **kw):
+    """The attack ``name`` (with its FAST settings), prepared on the training set ``(x, y)``."""
+    atk = attacks.get(name, num_classes, **{**FAST.get(name, {}), **kw})
+    atk.prepare(x, y, device="cpu")
+    if getattr(atk, "learns_trigger", False):       # the trigger is learned while training (Input-aware): a short one
+        from ngf_lib.models import build_model
+        from ngf_lib.train import TrainConfig, train
+        torch.manual_seed(0)
+        train(build_model("cpu_net", num_classes), x[:96], y[:96], TrainConfig(epochs=1, batch_size=32, lr=0.05),
+              attack=atk, progress=False, device="cpu")
+    return atk
+
+
+def _twin(name, atk, x, y):
+    """A second attack of the same configuration (and, for a learned trigger, the same learned state)."""
+    if getattr(atk, "learns_trigger", False):
+        twin = attacks.get(name, atk.num_classes, **FAST.get(name, {}))
+        twin.load_state_tensors(atk.state_tensors())
+        return twin
+    return _ready(name, x, y)
+
 
 def test_registry_lists_the_spine_attacks():
     assert {"none", "badnets", "blend"} <= set(attacks.available())
@@ -11,33 +54,68 @@ def test_registry_lists_the_spine_attacks():
 
 @pytest.mark.parametrize("name", [n for n in attacks.available() if n != "none"])
 def test_trigger_shape_range_and_determinism(name):
-    atk = attacks.get(name, 10)
+    xp, yp = _random_set(256, seed=2)
+    atk = _ready(name, xp, yp)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     before = x.clone()
-    a, b = atk.apply(x), attacks.get(name, 10).apply(x)
+    a, b = atk.apply(x), _twin(name, atk, xp, yp).apply(x)
     assert a.shape == x.shape and a.dtype == torch.uint8
     assert torch.equal(a, b)                      # same config -> same trigger
     assert torch.equal(x, before)                 # input untouched
     assert not torch.equal(a, x)                  # the trigger changes the image
 
 
-@pytest.mark.parametrize("name", [n for n in attacks.available() if n != "none"])
+@pytest.mark.parametrize("name", [n for n in DATA_POISONING if not attacks.REGISTRY[n].clean_label])
 def test_poisoning_changes_exactly_the_claimed_samples(name):
     n = 2000
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    atk = attacks.get(name, 10, poison_rate=0.1, target=3)
+    x, y = _random_set(n, seed=1)
+    atk = _ready(name, x, y, poison_rate=0.1, target=3)
     ps = atk.poison_training_set(x, y)
     idx = ps.poison_idx
     assert len(idx) == round(0.1 * n) and len(set(idx.tolist())) == len(idx)
-    assert (y[idx] != 3).all()                                   # dirty-label all-to-one: non-target sources
-    assert (ps.y[idx] == 3).all()
+    if atk.all_to_all:
+        assert torch.equal(ps.y[idx], (y[idx] + 1) % 10)              # all-to-all: y -> y + 1, sources of any class
+    else:
+        assert (y[idx] != 3).all()                                   # dirty-label all-to-one: non-target sources
+        assert (ps.y[idx] == 3).all()
     rest = torch.ones(n, dtype=torch.bool)
     rest[idx] = False
     assert torch.equal(ps.x[rest], x[rest]) and torch.equal(ps.y[rest], y[rest])
     assert torch.equal(ps.x[idx], atk.apply(x[idx]))
     assert (ps.x[idx] != x[idx]).flatten(1).any(1).all()          # every poisoned image really changed
+
+
+@pytest.mark.parametrize("name", [n for n in DATA_POISONING if attacks.REGISTRY[n].clean_label])
+def test_clean_label_poisoning_touches_only_target_images_and_keeps_labels(name):
+    n = 2000
+    x, y = _random_set(n, seed=1)
+    atk = _ready(name, x, y, poison_rate=0.05, target=3)          # below the target class's share (about 10 %)
+    ps = atk.poison_training_set(x, y)
+    idx = ps.poison_idx
+    assert len(idx) == round(0.05 * n) and len(set(idx.tolist())) == len(idx)
+    assert (y[idx] == 3).all() and torch.equal(ps.y, y)           # target-class sources, every label kept
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(ps.x[rest], x[rest])
+    assert (ps.x[idx] != x[idx]).flatten(1).any(1).all()
+    if type(atk).poison_training_set is Attack.poison_training_set:  # plain trigger (CLB adds a perturbation)
+        assert torch.equal(ps.x[idx], atk.apply(x[idx]))
+    with pytest.raises(ValueError, match="clean-label"):            # more than the target class holds
+        _ready(name, x, y, poison_rate=0.2, target=3).poison_training_set(x, y)
+
+
+@pytest.mark.parametrize("name", [n for n in attacks.available()
+                                  if getattr(attacks.REGISTRY[n], "poisons_per_batch", False)])
+def test_per_batch_poisoning_leaves_the_set_clean_and_relabels_a_share_of_every_batch(name):
+    x, y = _random_set(256, seed=1)
+    atk = _ready(name, x, y, poison_rate=0.1, target=3)
+    ps = atk.poison_training_set(x, y)
+    assert len(ps.poison_idx) == 0 and torch.equal(ps.x, x) and torch.equal(ps.y, y)
+    xb, yb = atk.training_batch(None, x[:128].float() / 255, y[:128], generator=torch.Generator().manual_seed(0))
+    n = 12                                                         # floor(0.1 * 128) poisoned samples, first
+    want = (y[:n] + 1) % 10 if atk.all_to_all else torch.full((n,), 3)
+    assert xb.shape == (128, 3, 32, 32) and torch.equal(yb[:n], want) and torch.equal(yb[n:], y[n:128])
+    assert ((xb[:n] - x[:n] / 255).abs().flatten(1).amax(1) > 0).all()
 
 
 def test_badnets_touches_only_the_corner():

@@ -2,10 +2,12 @@
 
 >>> from ngf_lib import attacks
 >>> attacks.available()
-['badnets', 'blend', 'none']
+['badnets', 'blend', 'bppa', 'clb', 'dyn-all', 'dyn-one', 'none', 'sig', 'troj-all', 'troj-one', 'wanet']
 """
 from .base import REGISTRY, Attack, PoisonedSet, available, cached_artefact, get, register
 from . import patch  # noqa: F401  (registers badnets, blend)
 from .patch import BadNets, Blend
+from . import sig, trojan, clb  # noqa: F401  (register sig, troj-one, troj-all, clb)
+from . import wanet, inputaware, bppa  # noqa: F401  (register wanet, dyn-one, dyn-all, bppa)
 
 __all__ = ["REGISTRY", "Attack", "PoisonedSet", "available", "get", "register", "cached_artefact", "BadNets", "Blend"]
