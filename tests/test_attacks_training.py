@@ -276,7 +276,7 @@ def clean_model(small_cifar):
 # subtle warp needs the most. Measured (seed 0, 1,000 test images): see the module docstring of this block above.
 LEARNING = [  # name, training images, epochs, extra parameters, ASR it must exceed
     ("wanet", 4000, 12, {}, 80.0),
-    ("bppa", 3000, 8, {}, 80.0),
+    ("bppa", 4000, 12, {}, 80.0),
     ("dyn-one", 3000, 12, {"mask_epochs": 2}, 50.0),
 ]
 
