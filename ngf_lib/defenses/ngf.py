@@ -351,29 +351,23 @@ def purify(model: torch.nn.Module, x, y: torch.Tensor | None = None, *, epochs: 
 
 # ------------------------------------------------------------------------------------------- as a torch optimizer
 
-class NGF(torch.optim.Optimizer):
-    """The NGF update (eq. 5) as a ``torch.optim.Optimizer`` for one ``nn.Linear`` layer, for your own training loop.
+class LinearLayerOptimizer(torch.optim.Optimizer):
+    """Base of the one-layer natural-gradient optimizers (:class:`NGF`, :class:`~ngf_lib.defenses.release.EKFAC`).
 
-    The optimizer hooks the layer: the forward pass records its inputs ``h`` and the backward pass the gradient of the
-    loss w.r.t. its outputs. For a loss that is the *mean* cross-entropy over the batch (plus any penalty on the
-    layer's parameters, such as eq. 3's regulariser), ``-B * dL/dz_j = e_{y_j} - p_j``, so the per-sample gradients of
-    eq. 6 come for free, and ``step`` applies ``theta <- theta - lr (F + damping I)^{-1} theta.grad`` exactly (Woodbury).
-
-    >>> layer = torch.nn.Linear(8, 3)
-    >>> opt = NGF(layer, lr=0.01, damping=1e-3)
-    >>> h, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
-    >>> opt.zero_grad(); torch.nn.functional.cross_entropy(layer(h), y).backward(); opt.step()
+    Validates the layer, and hooks it: the forward pass records its inputs ``h``, the backward pass the gradient of
+    the loss w.r.t. its outputs, from which the per-sample gradients of eq. 6 follow. :meth:`captured` hands both
+    to ``step`` (as ``Hb = [h, 1]``, ``dL/dz`` and ``V = [dL/dW | dL/db]``) and clears them.
     """
 
-    def __init__(self, layer: torch.nn.Linear, lr: float = 0.01, damping: float = 1e-3):
+    def __init__(self, layer: torch.nn.Linear, defaults: dict):
         if not isinstance(layer, torch.nn.Linear):
-            raise TypeError(f"NGF works on an nn.Linear layer (the classifier), got {type(layer).__name__}")
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        if damping <= 0:
-            raise ValueError(f"damping must be positive, got {damping}")
+            raise TypeError(f"{type(self).__name__} works on an nn.Linear layer (the classifier), "
+                            f"got {type(layer).__name__}")
+        for name in ("lr", "damping"):
+            if defaults[name] <= 0:
+                raise ValueError(f"{name} must be positive, got {defaults[name]}")
         params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
-        super().__init__(params, dict(lr=lr, damping=damping))
+        super().__init__(params, defaults)
         self.layer = layer
         self._h = self._gout = None
         self._hooks = [layer.register_forward_hook(self._save_input)]
@@ -390,26 +384,52 @@ class NGF(torch.optim.Optimizer):
         for h in self._hooks:
             h.remove()
 
-    @torch.no_grad()
-    def step(self, closure=None):
+    def captured(self, closure=None):
+        """``(loss, Hb, dL/dz, V)`` of the last forward/backward pass (running ``closure`` first if given)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         if self._h is None or self._gout is None:
-            raise RuntimeError("NGF.step() needs a forward and backward pass through the layer first")
-        group = self.param_groups[0]
-        W, b = self.layer.weight, self.layer.bias
-        B = len(self._h)
-        R = -self._gout * B                                           # (B, C) = E - P for mean CE
-        Hb = torch.cat([self._h, torch.ones(B, 1, dtype=self._h.dtype, device=self._h.device)], 1)
-        gb = b.grad if (b is not None and b.grad is not None) else torch.zeros(W.shape[0], device=W.device)
-        V = torch.cat([W.grad, gb[:, None]], 1)
-        d = woodbury_direction(R.to(V.dtype), Hb.to(V.dtype), V, group["damping"])
-        W.add_(d[:, :-1], alpha=-group["lr"])
-        if b is not None:
-            b.add_(d[:, -1], alpha=-group["lr"])
+            raise RuntimeError(f"{type(self).__name__}.step() needs a forward and backward pass through the layer "
+                               f"first")
+        h, gout = self._h, self._gout
         self._h = self._gout = None
+        W, b = self.layer.weight, self.layer.bias
+        Hb = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype, device=h.device)], 1)
+        gb = b.grad if (b is not None and b.grad is not None) else torch.zeros(W.shape[0], device=W.device)
+        return loss, Hb, gout, torch.cat([W.grad, gb[:, None]], 1)
+
+    def apply_update(self, D: torch.Tensor, lr: float) -> None:
+        """``[W | b] -= lr * D``."""
+        self.layer.weight.add_(D[:, :-1], alpha=-lr)
+        if self.layer.bias is not None:
+            self.layer.bias.add_(D[:, -1], alpha=-lr)
+
+
+class NGF(LinearLayerOptimizer):
+    """The NGF update (eq. 5) as a ``torch.optim.Optimizer`` for one ``nn.Linear`` layer, for your own training loop.
+
+    The optimizer hooks the layer: the forward pass records its inputs ``h`` and the backward pass the gradient of the
+    loss w.r.t. its outputs. For a loss that is the *mean* cross-entropy over the batch (plus any penalty on the
+    layer's parameters, such as eq. 3's regulariser), ``-B * dL/dz_j = e_{y_j} - p_j``, so the per-sample gradients of
+    eq. 6 come for free, and ``step`` applies ``theta <- theta - lr (F + damping I)^{-1} theta.grad`` exactly (Woodbury).
+
+    >>> layer = torch.nn.Linear(8, 3)
+    >>> opt = NGF(layer, lr=0.01, damping=1e-3)
+    >>> h, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    >>> opt.zero_grad(); torch.nn.functional.cross_entropy(layer(h), y).backward(); opt.step()
+    """
+
+    def __init__(self, layer: torch.nn.Linear, lr: float = 0.01, damping: float = 1e-3):
+        super().__init__(layer, dict(lr=lr, damping=damping))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss, Hb, gout, V = self.captured(closure)
+        group = self.param_groups[0]
+        R = -gout * len(Hb)                                           # (B, C) = E - P for mean CE
+        self.apply_update(woodbury_direction(R.to(V.dtype), Hb.to(V.dtype), V, group["damping"]), group["lr"])
         return loss
 
 

@@ -33,10 +33,10 @@ from tqdm import tqdm
 from ..data import augment as augment_images
 from ..data import to_float
 from ..models import classifier
-from .ngf import _check_inputs, as_tensors
+from .ngf import LinearLayerOptimizer, _check_inputs, as_tensors
 
 
-class EKFAC(torch.optim.Optimizer):
+class EKFAC(LinearLayerOptimizer):
     """Eigenvalue-corrected K-FAC (George et al. 2018) for one ``nn.Linear`` layer, with momentum, weight decay and
     a KL clip: the release's classifier optimizer.
 
@@ -60,35 +60,15 @@ class EKFAC(torch.optim.Optimizer):
 
     def __init__(self, layer: torch.nn.Linear, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 1e-4,
                  damping: float = 1e-3, kl_clip: float | None = 0.01, stat_decay: float = 0.95, stat_every: int = 10):
-        if not isinstance(layer, torch.nn.Linear):
-            raise TypeError(f"EKFAC works on an nn.Linear layer (the classifier), got {type(layer).__name__}")
-        for name, v in (("lr", lr), ("damping", damping)):
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
         if not 0 <= stat_decay < 1:
             raise ValueError(f"stat_decay must be in [0, 1), got {stat_decay}")
         if stat_every < 1:
             raise ValueError(f"stat_every must be at least 1, got {stat_every}")
-        params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping,
-                                      kl_clip=kl_clip))
-        self.layer, self.stat_decay, self.stat_every = layer, float(stat_decay), int(stat_every)
+        super().__init__(layer, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, damping=damping,
+                                     kl_clip=kl_clip))
+        self.stat_decay, self.stat_every = float(stat_decay), int(stat_every)
         self.steps = 0
         self.A = self.S = self.QA = self.QS = self.scale = None
-        self._a = self._g = None
-        self._hooks = [layer.register_forward_hook(self._save_input)]
-
-    def _save_input(self, mod, inp, out):
-        if torch.is_grad_enabled() and out.requires_grad:
-            self._a = inp[0].detach().flatten(1)
-            out.register_hook(self._save_grad_output)
-
-    def _save_grad_output(self, grad):
-        self._g = grad.detach().flatten(1)
-
-    def remove_hooks(self):
-        for h in self._hooks:
-            h.remove()
 
     def _running(self, old, new):
         return new if old is None else self.stat_decay * old + (1 - self.stat_decay) * new
@@ -109,19 +89,11 @@ class EKFAC(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self._a is None or self._g is None:
-            raise RuntimeError("EKFAC.step() needs a forward and backward pass through the layer first")
+        loss, a, gout, V = self.captured(closure)
         group = self.param_groups[0]
         W, b = self.layer.weight, self.layer.bias
-        a = torch.cat([self._a, torch.ones(len(self._a), 1, dtype=self._a.dtype, device=self._a.device)], 1)
         if self.steps % self.stat_every == 0:
-            self.update_statistics(a, self._g * len(a))
-        gb = b.grad if (b is not None and b.grad is not None) else torch.zeros(W.shape[0], device=W.device)
-        V = torch.cat([W.grad, gb[:, None]], 1)
+            self.update_statistics(a, gout * len(a))
         P = self.precondition(V, group["damping"])
         if group["kl_clip"]:
             vg = (P * V).sum() * group["lr"] ** 2
@@ -132,11 +104,8 @@ class EKFAC(torch.optim.Optimizer):
                 P[:, -1] += group["weight_decay"] * b
         buf = self.state.setdefault("momentum_buffer", torch.zeros_like(P))
         buf.mul_(group["momentum"]).add_(P)
-        W.add_(buf[:, :-1], alpha=-group["lr"])
-        if b is not None:
-            b.add_(buf[:, -1], alpha=-group["lr"])
+        self.apply_update(buf, group["lr"])
         self.steps += 1
-        self._a = self._g = None
         return loss
 
 
