@@ -109,6 +109,16 @@ def _register_plans():
     from .defenses import release
     PLANS["ablation"] = release.ABLATION
     PLANS["first-order"] = release.FIRST_ORDER_CONTRASTS
+    # Table III: the last layer fine-tuned by first-order optimisers vs NGF (same data, epochs and schedule)
+    PLANS["table3"] = [(f"Cls.({n})", d, {}) for n, d in (("SGD", "cls-sgd"), ("AdaGrad", "cls-adagrad"),
+                       ("RMSProp", "cls-rmsprop"), ("Adam", "cls-adam"), ("SAM", "cls-sam"), ("NGF", "ngf"))]
+    # Table VI: SGD for 2 500 epochs, NGF without its regulariser, NGF
+    PLANS["table6"] = [("SGD-Long", "cls-sgd-long", {}), ("NGF w/o regulariser", "ngf-noreg", {}),
+                       ("NGF", "ngf", {})]
+    # Table II and its supplement: the other defenses at the paper's data budgets (I-BAU: 5 %, the others 1 %)
+    PLANS["table2-defenses"] = [("FT", "ft", {}), ("ANP", "anp", {}), ("I-BAU", "i-bau", {"val_size": 0.05}),
+                                ("AWM", "awm", {}), ("NGF", "ngf", {}), ("FP", "fp", {}), ("MCR", "mcr", {}),
+                                ("NAD", "nad", {})]
 
 
 _register_plans()

@@ -64,6 +64,50 @@ def no_defense_table(records: list[dict], dataset: str = "cifar10"):
     return pd.DataFrame(rows)
 
 
+def mean_sd(values, digits: int = 2) -> str:
+    """``"m"`` for one value, ``"m ± sd"`` (sample standard deviation) for several, ``"—"`` for none."""
+    v = [float(a) for a in values if a is not None]
+    if not v:
+        return "—"
+    t = torch.tensor(v, dtype=torch.float64)
+    return f"{t.mean():.{digits}f}" if len(v) == 1 else f"{t.mean():.{digits}f} ± {t.std():.{digits}f}"
+
+
+def comparison_table(runs, paper, *, methods=None, labels=None, time_col: bool = True):
+    """Ours beside the paper's, one row per (attack, method): the table of every defense chapter.
+
+    ``runs``: records (dicts with ``attack``, ``defense``, ``seed``, ``asr``, ``acc``, ``wall_time_s``), several
+    seeds of one cell averaged (mean ± sd). ``paper(method, attack) -> (ASR, ACC)`` or ``None`` where the paper has no
+    value. ``methods``: order (default: as met); ``labels``: display names. Columns: ASR and ACC ours and paper,
+    ΔASR and ΔACC (ours − paper), seeds, and the mean wall time of the defense (s).
+    """
+    import pandas as pd
+    cells: dict = {}
+    for r in runs:
+        cells.setdefault((r["attack"], r["defense"]), []).append(r)
+    attacks = list(dict.fromkeys(a for a, _ in cells))
+    methods = list(methods) if methods is not None else list(dict.fromkeys(m for _, m in cells))
+    labels = labels or {}
+    rows = []
+    for a in attacks:
+        for m in methods:
+            rs = cells.get((a, m), [])
+            if not rs:
+                continue
+            p = paper(m, a)
+            asr = [r["asr"] for r in rs]
+            acc = [r["acc"] for r in rs]
+            row = {"attack": a, "method": labels.get(m, m), "seeds": len(rs),
+                   "ASR (ours)": mean_sd(asr), "ASR (paper)": "—" if p is None else f"{p[0]:.2f}",
+                   "ACC (ours)": mean_sd(acc), "ACC (paper)": "—" if p is None else f"{p[1]:.2f}",
+                   "ΔASR": "—" if p is None else f"{sum(asr) / len(asr) - p[0]:+.1f}",
+                   "ΔACC": "—" if p is None else f"{sum(acc) / len(acc) - p[1]:+.1f}"}
+            if time_col:
+                row["time (s)"] = "—" if m == "none" else mean_sd([r.get("wall_time_s") for r in rs], 1)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["attack", "method"]) if rows else pd.DataFrame()
+
+
 def plot_triggers(x: torch.Tensor, attack_list, *, titles=None, amplify: float = 5.0):
     """Figure: for each attack a column pair — triggered image and its amplified residual; first column clean.
 

@@ -175,7 +175,8 @@ def test_bppa_trigger_levels():
         assert set(out.unique().tolist()) <= levels
     plain = attacks.get("bppa", 10, dithering=False).apply(x)
     assert torch.equal(plain, (quantize(x.float() / 255, 8) * 255).round().to(torch.uint8))
-    # dithering keeps the local mean of a smooth image (8x8 blocks of a ramp: 0.6 grey levels off), rounding does not (2.6)
+    # dithering keeps the local mean of a smooth image (8x8 blocks of a ramp: 0.6 grey levels off); rounding does not
+    # (2.6 levels off)
     ramp = torch.linspace(0, 255, 32).round().to(torch.uint8).expand(1, 3, 32, 32).contiguous()
     err = {d: (F.avg_pool2d(attacks.get("bppa", 10, dithering=d).apply(ramp).float(), 8)
                - F.avg_pool2d(ramp.float(), 8)).abs().mean() for d in (True, False)}
@@ -245,8 +246,10 @@ def test_dyn_generator_learns_from_the_models_loss(cache_dir):
 
 
 # ----------------------------------------------------------------------------------------- the backdoor is learned
-# A small cpu_net on a few thousand real CIFAR-10 images: measured ASRs are in the comments; thresholds keep a margin
-# to both the measured ASR and the clean model's ASR of the same trigger.
+# A small cpu_net on a few thousand real CIFAR-10 images, a few hundred steps (about three minutes in all on two idle
+# cores). Three checks per attack: the backdoored model sends triggered images to the target (ASR), it does so because
+# of the trigger (ASR minus its rate of sending *untriggered* non-target images to the target), and a benign model
+# does not (the trigger alone does not make images look like the target class).
 
 def _cfg(epochs):
     return TrainConfig(epochs=epochs, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True,
@@ -272,28 +275,41 @@ def clean_model(small_cifar):
     return model
 
 
-# poison_rate 0.3 (3x the paper's) so that a tiny model learns each backdoor in a few hundred steps; WaNet's
-# subtle warp needs the most. Measured (seed 0, 1,000 test images): see the module docstring of this block above.
-LEARNING = [  # name, training images, epochs, extra parameters, ASR it must exceed
-    ("wanet", 4000, 12, {}, 80.0),
-    ("bppa", 4000, 12, {}, 80.0),
-    ("dyn-one", 3000, 12, {"mask_epochs": 2}, 50.0),
+# Poison rates above the paper's 10 % so that a tiny model learns each backdoor in a few hundred steps. Measured
+# (1,000 test images; ASR / untriggered non-target images sent to the target / accuracy, %; runs differing in seed
+# or thread count):
+#   wanet   0.2, 4,000 images, 16 epochs: 95.6 / 27.1 / 51.5 and 86.2 / 26.3 / 51.1 (at 0.1: 75.3 / 18.6 / 57.1;
+#           at 0.3 it reaches 95-99 % but sends 41 % of clean images to the target: 90 % of each batch is warped)
+#   bppa    0.2, 4,000 images, 12 epochs: 96.5 / 5.6 / 48.8 and 95.3 / 5.0 / 58.8 (at 0.1: 77.2 / 4.4 / 58.7 and
+#           80.2 / 3.7 / 58.2; at 0.3 on 3,000 images one run of three collapsed to 85.2 / 83.1 / 18.3)
+#   dyn-one 0.3, 3,000 images, 12 epochs, 2 mask epochs: 92.4 / 10.3 / 41.6, 89.6 / 8.3 / 49.9, 76.6 / - / 41.4
+# The benign model here (3,000 images, 8 epochs) sends 10-13 % of triggered images to the target (one trained on
+# 4,000 images for 16 epochs: 3.5 % for WaNet, 3.7 % for BPPA).
+LEARNING = [  # name, poison rate, training images, epochs, extra parameters, ASR it must exceed
+    ("wanet", 0.2, 4000, 16, {}, 70.0),
+    ("bppa", 0.2, 4000, 12, {}, 75.0),
+    ("dyn-one", 0.3, 3000, 12, {"mask_epochs": 2}, 60.0),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, n_train, epochs, extra, min_asr", LEARNING)
-def test_a_small_model_learns_the_backdoor(name, n_train, epochs, extra, min_asr, small_cifar, clean_model,
+@pytest.mark.parametrize("name, rate, n_train, epochs, extra, min_asr", LEARNING)
+def test_a_small_model_learns_the_backdoor(name, rate, n_train, epochs, extra, min_asr, small_cifar, clean_model,
                                            cache_dir):
     x, y, xt, yt = small_cifar
-    atk = attacks.get(name, 10, poison_rate=0.3, **extra)
+    atk = attacks.get(name, 10, poison_rate=rate, **extra)
     atk.prepare(x[:n_train], y[:n_train])
     torch.manual_seed(0)
     model = build_model("cpu_net", 10, "cifar10")
     train(model, x[:n_train], y[:n_train], _cfg(epochs), attack=atk, seed=0, progress=False, device="cpu")
     asr = metrics.attack_success_rate(model, atk, xt, yt)
+    other = yt != atk.target
+    untriggered = metrics.accuracy(model, xt[other], torch.full_like(yt[other], atk.target))
     clean_asr = metrics.attack_success_rate(clean_model, atk, xt, yt)
     acc = metrics.accuracy(model, xt, yt)
-    print(f"{name}: ASR {asr:.1f} % (clean model: {clean_asr:.1f} %), ACC {acc:.1f} %")
-    assert asr > min_asr and clean_asr < 25.0
-    assert acc > 20.0                                           # and it still learned the clean task (chance: 10 %)
+    print(f"{name}: ASR {asr:.1f} %, untriggered to target {untriggered:.1f} %, ACC {acc:.1f} %; "
+          f"benign model's ASR {clean_asr:.1f} %")
+    assert asr > min_asr
+    assert asr - untriggered > 40.0                   # the trigger, not a bias towards the target, does it
+    assert clean_asr < 25.0                           # measured 10.6-12.4 % (a weak benign model, 8 epochs)
+    assert acc > 25.0                                 # and the model learned the clean task too (chance: 10 %)

@@ -10,8 +10,11 @@ from ngf_lib.models import build_model, features
 FAST = {  # the smallest configuration that still runs every code path
     "ngf": dict(epochs=5), "ngf-noreg": dict(epochs=5), "ngf-release": dict(steps=10, batch_size=32),
     "ft": dict(epochs=2), "sam-all": dict(epochs=1), "fp": dict(epochs=1), "nad": dict(teacher_epochs=1, epochs=1),
-    "cls-sgd-long": dict(epochs=5), "ngf-all": dict(epochs=1, stat_every=2),
+    "cls-sgd-long": dict(epochs=5), "ngf-all": dict(epochs=1, stat_every=2), "anp": dict(iters=20, threshold=0.9),
+    "i-bau": dict(rounds=1), "awm": dict(epochs=1, inner=1),
+    "mcr": dict(endpoint_epochs=1, epochs=1),
 }
+MASKING = {"anp": torch.nn.BatchNorm2d, "awm": torch.nn.Conv2d}   # change only the weights of these layers
 ONE_LAYER = {"ngf", "ngf-noreg"} | {d for d in defenses.available() if d.startswith("cls-")}
 
 
@@ -32,6 +35,11 @@ def test_every_defense_returns_a_purified_copy(name, small_badnets, monkeypatch)
     assert {k: v.shape for k, v in out.state_dict().items()} == {k: v.shape for k, v in before.items()}
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "input model changed"
     changed = {k for k, v in out.state_dict().items() if not torch.equal(v, before[k])}
+    if name in MASKING:     # ANP prunes BatchNorm channels, AWM masks convolution weights; neither fine-tunes
+        masked = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, MASKING[name])}
+        assert changed and changed <= masked
+        assert all(p.grad is None for p in out.parameters())
+        return
     assert {"fc.weight", "fc.bias"} <= changed
     if name in ONE_LAYER:
         assert changed == {"fc.weight", "fc.bias"}

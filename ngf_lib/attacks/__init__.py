@@ -8,6 +8,6 @@ from .base import REGISTRY, Attack, PoisonedSet, available, cached_artefact, get
 from . import patch  # noqa: F401  (registers badnets, blend)
 from .patch import BadNets, Blend
 from . import sig, trojan, clb  # noqa: F401  (register sig, troj-one, troj-all, clb)
-from . import wanet, inputaware, bppa  # noqa: F401  (register wanet, dyn-one, dyn-all, bppa)
+from . import batchpoison, wanet, inputaware, bppa  # noqa: F401  (register wanet, dyn-one, dyn-all, bppa)
 
 __all__ = ["REGISTRY", "Attack", "PoisonedSet", "available", "get", "register", "cached_artefact", "BadNets", "Blend"]

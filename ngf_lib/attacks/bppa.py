@@ -11,7 +11,7 @@ from functools import lru_cache
 import torch
 
 from .base import register
-from .wanet import BatchPoisoningAttack, on_pixel_grid, shifted_partner, to_uint8
+from .batchpoison import BatchPoisoningAttack, on_pixel_grid, shifted_partner
 
 
 def quantize(x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -88,7 +88,7 @@ class BPPA(BatchPoisoningAttack):
     """BppAttack (Wang et al., CVPR 2022): quantise every channel to ``squeeze_num`` levels (8) with Floyd-Steinberg
     dithering; all-to-one, target 0 by default.
 
-    Training (per batch, :class:`~ngf_lib.attacks.wanet.BatchPoisoningAttack`): the first ``floor(poison_rate B)``
+    Training (per batch, :class:`~ngf_lib.attacks.batchpoison.BatchPoisoningAttack`): the first ``floor(poison_rate B)``
     samples are quantised and relabelled; the next ``floor(neg_rate B)`` (``neg_rate = 0.1``, BackdoorBench's
     ratio beside ``poison_rate = 0.1``) are **negative samples** with their true labels: ``clip(x + r, 0, 1)`` where
     ``r = Q(x2) - x2`` is the quantisation residual of a *different* image ``x2`` of the batch. This is the
@@ -123,11 +123,8 @@ class BPPA(BatchPoisoningAttack):
         q = dither(x, self.squeeze_num) if self.dithering else quantize(x, self.squeeze_num)
         return on_pixel_grid(q)
 
-    def apply(self, x, y=None):
-        self._check_images(x, uint8=True)
-        if len(x) == 0:
-            return x.clone()
-        return torch.cat([to_uint8(self.squeeze(x[i:i + 512].float() / 255.0)) for i in range(0, len(x), 512)])
+    def trigger(self, x):
+        return self.squeeze(x)
 
     def training_batch(self, model, x, y, generator=None):
         """Quantised + relabelled samples, then negatives (another image's residual, true labels), then clean."""

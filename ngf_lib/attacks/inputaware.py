@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data import augment, to_float
 from .base import cached_artefact, register
-from .wanet import BatchPoisoningAttack, shifted_partner, to_uint8
+from .batchpoison import BatchPoisoningAttack, shifted_partner
 
 # ------------------------------------------------------------------------------------------------------ generators
 
@@ -101,7 +101,7 @@ class InputAware(BatchPoisoningAttack):
        (0.5, 0.9), constant: the reference's milestones lie beyond BackdoorBench's 100 epochs) after every step of
        the model.
 
-    ``poison_rate`` is the per-batch share of poisoned samples (:class:`~ngf_lib.attacks.wanet.BatchPoisoningAttack`).
+    ``poison_rate`` is the per-batch share of poisoned samples (:class:`~ngf_lib.attacks.batchpoison.BatchPoisoningAttack`).
     :meth:`apply` needs trained generators: after training with this attack, or after :meth:`load_state_tensors`
     (which :func:`ngf_lib.zoo.get_model` calls when it loads the model); before that it raises ``RuntimeError``.
     Image sizes must be multiples of 8 (32, 64, 224 are).
@@ -123,7 +123,8 @@ class InputAware(BatchPoisoningAttack):
         if not 0 < mask_density < 1:
             raise ValueError(f"{self.name}: mask_density must be in (0, 1), got {mask_density}")
         self.cross_rate, self.widths, self.mask_epochs = float(cross_rate), widths, int(mask_epochs)
-        self.mask_density, self.lambda_norm, self.lambda_div = float(mask_density), float(lambda_norm), float(lambda_div)
+        self.mask_density = float(mask_density)
+        self.lambda_norm, self.lambda_div = float(lambda_norm), float(lambda_div)
         self.lr_g, self.lr_m, self.mask_batch_size = float(lr_g), float(lr_m), int(mask_batch_size)
         self._check_rates()
         with torch.random.fork_rng(devices=[]):           # seeded initialisation, the global RNG untouched
@@ -172,18 +173,14 @@ class InputAware(BatchPoisoningAttack):
                 f"ngf_lib.train.train(..., attack=atk)) or load the learned state saved with the model "
                 f"(load_state_tensors; ngf_lib.zoo.get_model does it)")
 
-    def apply(self, x, y=None):
-        self._check_images(x, uint8=True)
+    def trigger_device(self, x):
         self._check_ready()
-        dev = self._device()
         self.pattern_net.eval()
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(x), 512):
-                xb = to_float(x[i:i + 512].to(dev))
-                xt = xb + (self.patterns(xb) - xb) * self.masks(xb)
-                out.append(to_uint8(xt).to(x.device))
-        return torch.cat(out) if out else x.clone()
+        return self._device()
+
+    def trigger(self, x):
+        """``x + (G(x) - x) * m(x)``, each image its own trigger (the generators in eval mode)."""
+        return x + (self.patterns(x) - x) * self.masks(x)
 
     # ------------------------------------------------------------------------------------- mask pre-training
     def prepare(self, x_train, y_train, *, device=None):

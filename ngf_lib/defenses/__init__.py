@@ -6,13 +6,13 @@ clean validation data only.
 
 >>> from ngf_lib import defenses
 >>> defenses.available()
-['cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sam', 'cls-sgd', 'cls-sgd-long', 'fp', 'ft', 'nad', 'ngf', 'ngf-all', 'ngf-noreg', 'ngf-release', 'sam-all']
+['anp', 'awm', 'cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sam', 'cls-sgd', 'cls-sgd-long', 'fp', 'ft', 'i-bau', 'mcr', 'nad', 'ngf', 'ngf-all', 'ngf-noreg', 'ngf-release', 'sam-all']
 """
 from __future__ import annotations
 
 from functools import partial
 
-from . import fp, ft, nad, ngf, ngf_all, one_layer, release
+from . import anp, awm, fp, ft, ibau, mcr, nad, ngf, ngf_all, one_layer, release
 from .ngf import NGF, purify
 from .release import EKFAC, purify_release
 
@@ -25,6 +25,10 @@ REGISTRY = {
     "sam-all": partial(ft.finetune, sam_rho=0.05),           # Table V: SAM on all layers
     "fp": fp.fine_prune,                                     # Fine-Pruning (supplement)
     "nad": nad.nad,                                          # Neural Attention Distillation (supplement)
+    "anp": anp.anp,                                          # Adversarial Neuron Pruning (Table II)
+    "awm": awm.awm,                                          # Adversarial Weight Masking (Table II)
+    "mcr": mcr.mcr,                                          # Mode Connectivity Repair (supplement)
+    "i-bau": ibau.ibau,                                      # implicit adversarial unlearning (Table II; 5 % data)
 }
 for _opt in one_layer.OPTIMIZERS:     # the paper's Cls.(SGD) (Table I) and the one-layer rows of Table III
     REGISTRY[f"cls-{_opt}"] = partial(one_layer.finetune, optimizer=_opt)
