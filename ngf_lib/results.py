@@ -21,6 +21,7 @@ import torch
 
 from . import paths
 
+RESULT = "result"   # the kind of a model's or a defense's record (the default); others: "curvature"
 REQUIRED_KEYS = ("profile", "dataset", "arch", "attack", "poison_rate", "defense", "seed", "acc", "asr",
                  "wall_time_s", "device", "git_commit", "created", "config")
 
@@ -83,10 +84,13 @@ def _slug(v) -> str:
 
 
 def record_path(record: dict) -> Path:
-    """``results/<profile>/<dataset>/<attack>__p<rate>__<defense>__s<seed>__<key>.json``."""
+    """``results/<profile>/<dataset>/<attack>__p<rate>__<defense>__s<seed>__<key>.json``; records of another
+    ``kind`` than a model's or defense's result (e.g. ``"curvature"``) go to a subfolder named by their kind."""
     name = (f"{_slug(record['attack'])}__p{record['poison_rate']:g}__{_slug(record['defense'])}"
             f"__s{record['seed']}__{record['key']}.json")
-    return paths.results_dir() / _slug(record["profile"]) / _slug(record["dataset"]) / name
+    folder = paths.results_dir() / _slug(record["profile"]) / _slug(record["dataset"])
+    kind = record.get("kind", RESULT)
+    return (folder if kind == RESULT else folder / _slug(kind)) / name
 
 
 def write_record(record: dict) -> Path:
@@ -113,9 +117,11 @@ def as_stored(record: dict) -> dict:
     return json.loads(json.dumps(record, sort_keys=True, default=_json_default))
 
 
-def find_record(profile: str, dataset: str, key: str) -> dict | None:
-    """The record of the experiment with configuration hash ``key``, or None."""
+def find_record(profile: str, dataset: str, key: str, kind: str = RESULT) -> dict | None:
+    """The record of the experiment with configuration hash ``key`` (of ``kind``), or None."""
     folder = paths.results_dir() / _slug(profile) / _slug(dataset)
+    if kind != RESULT:
+        folder = folder / _slug(kind)
     for f in folder.glob(f"*__{key}.json") if folder.is_dir() else []:
         rec = json.loads(f.read_text())
         if rec.get("key") == key:
@@ -123,8 +129,9 @@ def find_record(profile: str, dataset: str, key: str) -> dict | None:
     return None
 
 
-def load_records(profile: str | None = None, **filters) -> list[dict]:
-    """All records (of one profile, or all), keeping those whose fields equal ``filters``.
+def load_records(profile: str | None = None, kind: str | None = RESULT, **filters) -> list[dict]:
+    """All records (of one profile, or all) of ``kind`` (default: model and defense results; ``None``: every kind),
+    keeping those whose fields equal ``filters``.
 
     >>> load_records("cpu", dataset="cifar10", defense="none")   # doctest: +SKIP
     """
@@ -136,6 +143,8 @@ def load_records(profile: str | None = None, **filters) -> list[dict]:
             if f.name.startswith(".tmp-"):
                 continue
             rec = json.loads(f.read_text())
+            if kind is not None and rec.get("kind", RESULT) != kind:
+                continue
             if all(rec.get(k) == v for k, v in filters.items()):
                 out.append(rec)
     return out

@@ -64,7 +64,8 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     """Train ``model`` in place on uint8 images ``x`` ``(N, 3, H, W)`` and labels ``y``; returns a history dict.
 
     ``attack``: for attacks that control training, its ``training_batch`` poisons every batch and its
-    ``extra_loss`` adds to the loss; data-poisoning attacks are applied to ``x, y`` before calling this.
+    ``extra_loss`` adds to the loss, ``after_step`` / ``after_epoch`` run after every optimiser step / epoch;
+    data-poisoning attacks are applied to ``x, y`` before calling this.
     """
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
@@ -118,6 +119,9 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             tot_loss += loss.item() * len(yb)
             correct += (out.argmax(1) == yb).sum().item()
             seen += len(yb)
+        if attack is not None and attack.controls_training:
+            attack.after_epoch(model, epoch, cfg.epochs)    # FBA's detoxification; a no-op for the others
+            model.train()
         hist["epoch"].append(epoch + 1)
         hist["loss"].append(tot_loss / seen)
         hist["train_acc"].append(100.0 * correct / seen)

@@ -9,7 +9,9 @@ from ngf_lib.attacks.base import Attack
 FAST = {"troj-one": dict(surrogate_images=256, surrogate_epochs=1, steps=20),
         "troj-all": dict(surrogate_images=256, surrogate_epochs=1, steps=20),
         "clb": dict(surrogate_images=256, surrogate_epochs=1, steps=3),
-        "dyn-one": dict(mask_epochs=1), "dyn-all": dict(mask_epochs=1)}
+        "dyn-one": dict(mask_epochs=1), "dyn-all": dict(mask_epochs=1),
+        "cba": dict(asr_pairs=100), "fba": dict(injector_epochs=1, injector_batch_size=32),
+        "issba": dict(codec_images=256, codec_epochs=1, eval_images=32)}
 DATA_POISONING = [n for n in attacks.available()
                   if n != "none" and not getattr(attacks.REGISTRY[n], "poisons_per_batch", False)]
 

@@ -9,7 +9,7 @@ from ngf_lib.models import build_model, features
 
 FAST = {  # the smallest configuration that still runs every code path
     "ngf": dict(epochs=5), "ngf-noreg": dict(epochs=5), "ngf-release": dict(steps=10, batch_size=32),
-    "ft": dict(epochs=2), "sam-all": dict(epochs=1), "fp": dict(epochs=1), "nad": dict(teacher_epochs=1, epochs=1),
+    "ft": dict(epochs=2), "ft-backbone": dict(epochs=1), "sam-all": dict(epochs=1), "fp": dict(epochs=1), "nad": dict(teacher_epochs=1, epochs=1),
     "cls-sgd-long": dict(epochs=5), "ngf-all": dict(epochs=1, stat_every=2), "anp": dict(iters=20, threshold=0.9),
     "i-bau": dict(rounds=1), "awm": dict(epochs=1, inner=1),
     "mcr": dict(endpoint_epochs=1, epochs=1),
@@ -39,6 +39,10 @@ def test_every_defense_returns_a_purified_copy(name, small_badnets, monkeypatch)
         masked = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, MASKING[name])}
         assert changed and changed <= masked
         assert all(p.grad is None for p in out.parameters())
+        return
+    if name == "ft-backbone":                   # Table I's CNN-Bbone. row: the classifier stays as it was
+        assert not any(k.startswith("fc.") for k in changed)
+        assert any(k.endswith("weight") for k in changed), "backbone not trained"
         return
     assert {"fc.weight", "fc.bias"} <= changed
     if name in ONE_LAYER:

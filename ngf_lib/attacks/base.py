@@ -146,6 +146,11 @@ class Attack:
         when ``training_batch`` builds triggered images differentiably) step and zero their own optimiser here.
         Default: nothing."""
 
+    def after_epoch(self, model, epoch: int, epochs: int) -> None:
+        """Called by the training loop at the end of every epoch (``epoch`` counts from 0 to ``epochs - 1``), for
+        attacks that control training: FBA's controlled detoxification (reference section 2.8) trains its feature
+        injector here. The loop puts the model back in train mode afterwards. Default: nothing."""
+
     # ----------------------------------------------------------------------------------------- learned state
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors learned during training that the trigger needs later (generators, ...): saved with the model

@@ -6,7 +6,7 @@ clean validation data only.
 
 >>> from ngf_lib import defenses
 >>> defenses.available()
-['anp', 'awm', 'cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sam', 'cls-sgd', 'cls-sgd-long', 'fp', 'ft', 'i-bau', 'mcr', 'nad', 'ngf', 'ngf-all', 'ngf-noreg', 'ngf-release', 'sam-all']
+['anp', 'awm', 'cls-adagrad', 'cls-adam', 'cls-rmsprop', 'cls-sam', 'cls-sgd', 'cls-sgd-long', 'fp', 'ft', 'ft-backbone', 'i-bau', 'mcr', 'nad', 'ngf', 'ngf-all', 'ngf-noreg', 'ngf-release', 'sam-all']
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ REGISTRY = {
     "ngf-release": release.purify_release,                   # the authors' earlier release (chapter 2)
     "ngf-all": ngf_all.ngf_all_layers,                       # Table V: NGF on all layers (K-FAC per layer)
     "ft": ft.finetune,                                       # vanilla fine-tuning of all layers (Table II)
+    "ft-backbone": partial(ft.finetune, part="backbone"),   # Table I: the CNN backbone fine-tuned, classifier fixed
     "sam-all": partial(ft.finetune, sam_rho=0.05),           # Table V: SAM on all layers
     "fp": fp.fine_prune,                                     # Fine-Pruning (supplement)
     "nad": nad.nad,                                          # Neural Attention Distillation (supplement)

@@ -17,7 +17,8 @@ every channel with ``m_k <= threshold`` is **pruned** (its BatchNorm scale ``gam
 **How the threshold is chosen** (clean validation data only): by default the fixed ``threshold = 0.2`` (the ANP
 paper prunes by a fixed threshold; BackdoorBench instead picks the level with the lowest *test* ASR, an oracle we do
 not use). ``threshold=None`` sweeps 0, 0.05, ..., 0.9 and keeps the largest threshold whose clean *validation*
-accuracy stays within ``max_acc_drop`` (relative, 10 %) of the unpruned model's. The masks, the pruned channels and
+accuracy stays within ``max_acc_drop`` (relative, 10 %) of the unpruned model's (``-1``, nothing pruned, if none
+does). The masks, the pruned channels and
 the sweep are in ``returned_model.ngf_history``.
 """
 from __future__ import annotations
@@ -145,7 +146,7 @@ def anp(model, x, y=None, *, eps: float = 0.4, alpha: float = 0.2, iters: int = 
     base = accuracy(out, x, y)
     sweep = {}
     if threshold is None:                             # the largest threshold within max_acc_drop on validation data
-        chosen = 0.0
+        chosen = -1.0                                 # none qualifies: prune nothing
         for k in range(19):
             tau = round(0.05 * k, 2)
             sweep[tau] = pruned_at(tau)

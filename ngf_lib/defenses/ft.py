@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data import augment as augment_images
 from ..data import to_float
+from ..models import classifier
 from .ngf import _check_inputs, as_tensors
 
 
@@ -107,16 +108,29 @@ def sam_gradient(params, closure, rho: float) -> None:
 
 def finetune(model, x, y=None, *, epochs: int = 100, lr: float = 0.01, momentum: float = 0.9,
              weight_decay: float = 5e-4, batch_size: int = 128, augment: bool = True, flip: bool = True,
-             sam_rho: float = 0.0, device=None, seed: int = 0, progress: bool = False) -> torch.nn.Module:
+             sam_rho: float = 0.0, part: str = "all", device=None, seed: int = 0,
+             progress: bool = False) -> torch.nn.Module:
     """FT: fine-tune every layer of a copy of ``model`` on the clean data (module docstring); ``model`` is untouched.
 
     ``flip=False`` for datasets whose images must not be mirrored (GTSRB). ``sam_rho > 0``: SAM on all layers
     (paper Table V; registered as ``sam-all`` with rho 0.05, the value of the authors' own SAM class).
+    ``part="backbone"``: the classifier stays fixed and every other layer is fine-tuned (Table I's "CNN-Bbone." row;
+    registered as ``ft-backbone``).
     """
+    if part not in ("all", "backbone"):
+        raise ValueError(f"part must be 'all' or 'backbone', got {part!r}")
     t0 = time.time()
     out, x, y, _ = clean_copy(model, x, y, device)
+    params = None
+    if part == "backbone":
+        fc = classifier(out)
+        for p in fc.parameters():
+            p.requires_grad_(False)
+        params = [p for p in out.parameters() if p.requires_grad]
     hist = finetune_all(out, x, y, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                         batch_size=batch_size, augment=augment, flip=flip, seed=seed, sam_rho=sam_rho,
-                        desc="SAM" if sam_rho else "FT", progress=progress)
+                        params=params, desc="SAM" if sam_rho else "FT", progress=progress)
+    for p in out.parameters():
+        p.requires_grad_(True)
     out.ngf_history = {"loss": hist, "time_s": time.time() - t0}
     return out

@@ -37,17 +37,22 @@ def bezier(t: float, a: dict, m: dict, b: dict) -> dict:
 
 @torch.no_grad()
 def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> None:
-    """Replace every BatchNorm layer's running statistics by their plain average over ``x`` (in place)."""
+    """Replace every BatchNorm layer's running statistics by their averages over ``x`` (in place), each batch weighted
+    by its size (so the running mean is exactly the mean over ``x``)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None                               # cumulative average over the batches below
     model.train()
+    seen = 0
     for i in range(0, len(x), batch_size):
-        model(to_float(x[i:i + batch_size]))
+        xb = x[i:i + batch_size]
+        for m in bns:                                   # running <- running + n/(seen+n) (batch - running)
+            m.momentum = len(xb) / (seen + len(xb))
+        model(to_float(xb))
+        seen += len(xb)
     for m, mom in saved:
         m.momentum = mom
     model.eval()

@@ -1,0 +1,98 @@
+"""Curvature records: ``lambda_max`` and ``Tr(H)`` of the clean-data loss Hessian (and its eigenvalue density) of a
+backdoored or purified model, computed once and kept in the results store (paper Section V: Fig. 1, Table I, Fig. 2).
+
+The paper computes the Hessian of the loss on the **clean training set** with the model in eval mode, over all
+parameters (Section V). We use a fixed, seeded batch of ``n_images`` clean images of the attacker's training set (the
+images before poisoning; ``n_images = 200``, PyHessian's usual batch, ``../shared/reference/attacks-defenses.md``
+section 5) so that every model of a comparison is measured on the same data. ``lambda_max`` comes with a residual
+certificate (:func:`ngf_lib.hessian.lambda_max`), ``Tr(H)`` with its standard error.
+
+A purified model is not stored (only its record is): the defense is run again with the same configuration (the
+defenses are deterministic given their seed; the one-layer ones take seconds), and its ACC/ASR are read from (or
+written to) the defense's own record, so the curvature and the accuracy always describe the same configuration.
+
+Records are of kind ``"curvature"`` (``results/<profile>/<dataset>/curvature/``).
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+
+from . import defenses, experiments, hessian, results, zoo
+from .data import dataset_info
+from .profiles import get_profile
+from .train import default_device
+
+KIND = "curvature"
+
+
+def clean_batch(data: zoo.ExperimentData, n_images: int = 200, seed: int = 0):
+    """``n_images`` clean training images and labels, drawn with ``seed`` (the same for every model of a profile)."""
+    if not 1 <= n_images <= len(data.y_train):
+        raise ValueError(f"n_images must be in 1..{len(data.y_train)}, got {n_images}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.y_train), generator=g)[:n_images].sort().values
+    return data.x_train[idx], data.y_train[idx]
+
+
+def curvature_record(dataset: str = "cifar10", attack: str = "badnets", defense: str = "none", profile="cpu",
+                     seed: int = 0, poison_rate=None, *, n_images: int = 200, batch_seed: int = 0, tol: float = 1e-3,
+                     trace_tol: float = 2e-2, with_density: bool = False, density_runs: int = 3,
+                     density_iter: int = 80, data_dir=None, device=None, attack_params: dict | None = None,
+                     **defense_cfg) -> dict:
+    """The curvature record of the model (dataset, attack, profile, seed), undefended (``defense="none"``) or
+    purified by ``defense`` with ``defense_cfg``; read from the store if present, computed and written otherwise.
+
+    Fields beside the usual ones: ``lambda_max``, ``lambda_max_residual``, ``trace``, ``trace_se``, ``hvps``, and
+    ``density`` (``{"nodes": [...], "weights": [...]}``, the SLQ runs concatenated) when ``with_density``.
+    """
+    prof = get_profile(profile)
+    attack_params = attack_params or {}
+    _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
+    dcfg = {}
+    if defense != "none":
+        defend = defenses.get(defense)
+        if "flip" in inspect.signature(defend).parameters and "flip" not in defense_cfg:
+            defense_cfg["flip"] = dataset_info(dataset).flip
+        dcfg = experiments.effective_config(defend, defense_cfg)
+    elif defense_cfg:
+        raise ValueError(f"defense='none' takes no defense parameters, got {sorted(defense_cfg)}")
+    cfg = {"kind": KIND, "version": 1, "model": model_cfg, "model_key": model_key, "defense": defense,
+           "defense_config": dict(sorted(dcfg.items())), "n_images": n_images, "batch_seed": batch_seed,
+           "tol": tol, "trace_tol": trace_tol,
+           "density": {"runs": density_runs, "iter": density_iter} if with_density else None}
+    key = results.config_key(cfg)
+    rec = results.find_record(prof.name, dataset, key, kind=KIND)
+    if rec is not None:
+        return rec
+    commit = results.git_commit()
+    dev = torch.device(device) if device is not None else default_device()
+    bd = zoo.get_model(dataset, attack, prof, seed, poison_rate, data_dir=data_dir, device=dev, progress=False,
+                       **attack_params)
+    data = zoo.experiment_data(dataset, prof, data_dir)
+    if defense == "none":
+        model, perf = bd.model, bd.record
+    else:
+        perf = experiments.defended_record(dataset, attack, defense, prof, seed, poison_rate, data_dir=data_dir,
+                                           device=device, progress=False, attack_params=attack_params, **defense_cfg)
+        model = defenses.get(defense)(bd.model, data.x_val, data.y_val, **defense_cfg)
+    model.to(dev).eval()
+    x, y = clean_batch(data, n_images, batch_seed)
+    x, y = x.to(dev), y.to(dev)
+    t0 = time.time()
+    lam = hessian.lambda_max(model, x, y, tol=tol, seed=batch_seed, return_info=True)
+    tr = hessian.trace(model, x, y, tol=trace_tol, seed=batch_seed, return_info=True)
+    dens = None
+    if with_density:
+        nodes, weights = hessian.density(model, x, y, n_runs=density_runs, n_iter=density_iter, seed=batch_seed)
+        dens = {"nodes": nodes.tolist(), "weights": weights.tolist()}
+    rec = {"kind": KIND, "profile": prof.name, "dataset": dataset, "arch": prof.arch(dataset), "attack": atk.name,
+           "poison_rate": atk.poison_rate, "defense": defense, "seed": seed, "acc": perf["acc"], "asr": perf["asr"],
+           "lambda_max": lam.value, "lambda_max_residual": lam.residual, "trace": tr.value, "trace_se": tr.standard_error,
+           "hvps": lam.n_hvp + tr.n_hvp, "density": dens, "n_images": n_images, "wall_time_s": time.time() - t0,
+           "device": results.device_name(dev), "git_commit": commit, "created": results.now(), "config": cfg,
+           "key": key}
+    results.write_record(rec)
+    return results.as_stored(rec)
