@@ -67,7 +67,7 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     t0 = time.time()
     purified = defend(bd.model, data.x_val, data.y_val, **defense_cfg)
     wall = time.time() - t0
-    ev = zoo.evaluate(purified, atk, data, device=dev)
+    ev = zoo.evaluate(purified, bd.attack, data, device=dev)   # the prepared attack (a learned trigger is ready)
     rec = {"profile": prof.name, "dataset": dataset, "arch": prof.arch(dataset), "attack": atk.name,
            "poison_rate": atk.poison_rate, "defense": defense, "seed": seed, **ev, "wall_time_s": wall,
            "device": results.device_name(dev), "git_commit": commit, "created": results.now(),

@@ -27,10 +27,14 @@ def rng():
 
 @pytest.fixture(scope="session")
 def small_badnets(cifar):
-    """A small BadNets-backdoored cpu_net (trained once per test session, about half a minute on 2 idle cores), the
+    """A small BadNets-backdoored cpu_net (trained once per test session, about 45 s on 2 idle cores), the
     defender's 500 clean validation images and 2,000 test images: the model every defense test purifies.
 
-    Returns a dict: model (eval mode), attack, x_val, y_val, x_test, y_test, acc, asr (of the model, percent)."""
+    6,000 training images, 8 epochs, no augmentation: measured ACC 59.9 %, ASR 96.0 %. (With random crops, 6 or 10
+    epochs left the 3x3 corner patch unlearned: ASR 18 % and 10 %, ACC 43 % and 57 %.)
+
+    Returns a dict: model (eval mode), attack, x_val, y_val (500), x_val5, y_val5 (2,500), x_test, y_test, acc, asr
+    (of the model, percent)."""
     from ngf_lib import attacks, metrics
     from ngf_lib.data import make_split
     from ngf_lib.models import build_model
@@ -43,11 +47,13 @@ def small_badnets(cifar):
     ps = atk.poison_training_set(cifar.x_train[tr], cifar.y_train[tr])
     torch.manual_seed(0)
     model = build_model("cpu_net", 10, "cifar10")
-    cfg = TrainConfig(epochs=6, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
-                      schedule="onecycle", warmup=0.15)
+    cfg = TrainConfig(epochs=8, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                      schedule="onecycle", warmup=0.15, augment=False)
     train(model, ps.x, ps.y, cfg, seed=0, progress=False, device="cpu")
     te = torch.randperm(len(cifar.y_test), generator=g)[:2000]
+    val5 = split.val(2500)                            # the 5 % budget of I-BAU (includes the 500 above)
     out = {"model": model.eval(), "attack": atk, "x_val": cifar.x_train[val], "y_val": cifar.y_train[val],
+           "x_val5": cifar.x_train[val5], "y_val5": cifar.y_train[val5],
            "x_test": cifar.x_test[te], "y_test": cifar.y_test[te]}
     out["acc"] = metrics.accuracy(model, out["x_test"], out["y_test"])
     out["asr"] = metrics.attack_success_rate(model, atk, out["x_test"], out["y_test"])
