@@ -15,13 +15,11 @@ Records are of kind ``"curvature"`` (``results/<profile>/<dataset>/curvature/``)
 """
 from __future__ import annotations
 
-import inspect
 import time
 
 import torch
 
 from . import defenses, experiments, hessian, results, zoo
-from .data import dataset_info
 from .profiles import get_profile
 from .train import default_device
 
@@ -53,10 +51,7 @@ def curvature_record(dataset: str = "cifar10", attack: str = "badnets", defense:
     _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
     dcfg = {}
     if defense != "none":
-        defend = defenses.get(defense)
-        if "flip" in inspect.signature(defend).parameters and "flip" not in defense_cfg:
-            defense_cfg["flip"] = dataset_info(dataset).flip
-        dcfg = experiments.effective_config(defend, defense_cfg)
+        _, dcfg = experiments.resolve_defense(dataset, defense, defense_cfg)
     elif defense_cfg:
         raise ValueError(f"defense='none' takes no defense parameters, got {sorted(defense_cfg)}")
     cfg = {"kind": KIND, "version": 1, "model": model_cfg, "model_key": model_key, "defense": defense,

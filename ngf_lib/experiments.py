@@ -34,6 +34,15 @@ def effective_config(defend, cfg: dict) -> dict:
     return out
 
 
+def resolve_defense(dataset: str, defense: str, defense_cfg: dict):
+    """``(defend, full config)`` of ``defense`` for ``dataset``; ``defense_cfg`` gains the dataset's ``flip`` (GTSRB:
+    never mirror traffic signs) where the defense takes one and it was not given."""
+    defend = defenses.get(defense)
+    if "flip" in inspect.signature(defend).parameters and "flip" not in defense_cfg:
+        defense_cfg["flip"] = dataset_info(dataset).flip
+    return defend, effective_config(defend, defense_cfg)
+
+
 def defense_config(model_cfg: dict, model_key: str, defense: str, cfg: dict, val_size) -> dict:
     return {"kind": "defense", "version": 1, "model": model_cfg, "model_key": model_key, "defense": defense,
             "defense_config": dict(sorted(cfg.items())), "val_size": val_size}
@@ -48,13 +57,11 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     clean validation split, and the purified model is evaluated and recorded. ``defense_cfg`` goes to the defense.
     """
     prof = get_profile(profile)
-    defend = defenses.get(defense)
+    defend, full_cfg = resolve_defense(dataset, defense, defense_cfg)
     attack_params = attack_params or {}
-    if "flip" in inspect.signature(defend).parameters and "flip" not in defense_cfg:
-        defense_cfg["flip"] = dataset_info(dataset).flip          # GTSRB: never mirror traffic signs
     _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
     vs = val_size if val_size is not None else prof.val_size.get(dataset, 0.01)
-    cfg = defense_config(model_cfg, model_key, defense, effective_config(defend, defense_cfg), vs)
+    cfg = defense_config(model_cfg, model_key, defense, full_cfg, vs)
     key = results.config_key(cfg)
     rec = results.find_record(prof.name, dataset, key)
     if rec is not None:
