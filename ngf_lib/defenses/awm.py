@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..data import to_float
 from .ft import clean_copy
+from .ibau import universal_perturbation
 
 
 def conv_weights(model: nn.Module) -> list[str]:
@@ -64,21 +65,8 @@ def awm(model, x, y=None, *, epochs: int = 20, inner: int = 5, alpha: float = 0.
     steps = inner * max(1, len(y) // batch_size)
     hist = []
     for _ in tqdm(range(epochs), desc="AWM", disable=not progress, leave=False):
-        delta = torch.zeros_like(xf[:1], requires_grad=True)          # 1. trigger recovery
-        t_opt = torch.optim.SGD([delta], lr=trigger_lr)
-        for i in range(0, len(y), batch_size):
-            xb = xf[i:i + batch_size]
-            with torch.no_grad():
-                y_hat = f(xb).argmax(1)
-            loss = -F.cross_entropy(f(xb + delta), y_hat)
-            t_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            t_opt.step()
-        with torch.no_grad():
-            l1 = delta.abs().sum()
-            if l1 > trigger_norm:
-                delta.mul_(trigger_norm / l1)
-        delta = delta.detach()
+        delta = universal_perturbation(f, xf, lr=trigger_lr, reg=0.0, batch_size=batch_size,   # 1. trigger
+                                       max_norm=trigger_norm, p=1)
         tot = 0.0
         for _ in range(steps):                                        # 2. mask update
             idx = torch.randint(len(y), (batch_size,), generator=g).to(dev)

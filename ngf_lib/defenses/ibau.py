@@ -31,9 +31,11 @@ from .ft import clean_copy
 
 
 def universal_perturbation(model, x, *, lr: float = 10.0, reg: float = 1e-3, batch_size: int = 100,
-                           max_norm: float = 10.0) -> torch.Tensor:
-    """I-BAU's inner maximisation: one universal ``delta`` (1, C, H, W) that pushes the model's predictions on the
-    float images ``x`` away from themselves (one SGD pass; step 1 of the module docstring)."""
+                           max_norm: float = 10.0, p: int = 2) -> torch.Tensor:
+    """One universal ``delta`` (1, C, H, W) that pushes the predictions of ``model`` (any callable on float images)
+    on ``x`` away from themselves: one SGD pass on ``-CE(model(x + delta), y_hat) + reg ||delta||^2``, then ``delta``
+    rescaled to ``L_p`` norm at most ``max_norm``. I-BAU's inner maximisation (step 1 of the module docstring; L2 <= 10)
+    and AWM's trigger recovery (``reg = 0``, L1 <= 1 000)."""
     delta = torch.zeros_like(x[:1], requires_grad=True)
     opt = torch.optim.SGD([delta], lr=lr)
     for i in range(0, len(x), batch_size):
@@ -45,7 +47,7 @@ def universal_perturbation(model, x, *, lr: float = 10.0, reg: float = 1e-3, bat
         loss.backward()
         opt.step()
     with torch.no_grad():
-        norm = delta.norm()
+        norm = delta.norm(p=p)
         if norm > max_norm:
             delta.mul_(max_norm / norm)
     return delta.detach()
