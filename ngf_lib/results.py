@@ -42,6 +42,8 @@ def config_key(config: dict) -> str:
 
 def git_commit() -> str:
     """The commit of the repository this package runs from (``-dirty`` if it has uncommitted changes)."""
+    if os.environ.get("NGF_GIT_COMMIT"):     # a copy of the tree without .git (a lent GPU machine) names its commit
+        return os.environ["NGF_GIT_COMMIT"]
     root = paths.repo_root()
     if root is None:
         try:
@@ -96,6 +98,8 @@ def record_path(record: dict) -> Path:
 def write_record(record: dict) -> Path:
     """Validate and write a record atomically; returns its path."""
     missing = [k for k in REQUIRED_KEYS + ("key",) if k not in record]
+    if os.environ.get("NGF_RUN_NOTE") and "run_note" not in record:   # e.g. "4 jobs shared the GPU: times inflated"
+        record = {**record, "run_note": os.environ["NGF_RUN_NOTE"]}
     if missing:
         raise ValueError(f"record lacks required keys: {', '.join(missing)}")
     path = record_path(record)

@@ -1,0 +1,159 @@
+"""Run many experiments in parallel worker processes, each writing its record as it finishes, under a deadline.
+
+A *task* is a short string; a *lane* is a list of tasks that one worker runs in order (a lane starts with the model
+its defenses need, so no two workers ever train the same model):
+
+* ``model:ATTACK``                      train (or load) the model, write its no-defense record
+* ``defense:ATTACK:DEFENSE[:k=v,...]``  :func:`ngf_lib.experiments.defended_record` (``val_size=0.05`` and the
+  like go after the last colon)
+* ``curv:ATTACK:DEFENSE[:density]``      :func:`ngf_lib.curvature.curvature_record` (``DEFENSE`` may be ``none``)
+* ``plan:ATTACK:PLAN``                    every defense of a named plan (:data:`ngf_lib.experiments.PLANS`)
+
+Every task is computed only if its record is missing, so a lane that is stopped (deadline, crash, Ctrl-C) resumes
+where it stopped. A task that fails is logged with its traceback and the lane goes on. Workers start no new task
+after ``deadline`` seconds and are terminated at ``hard_deadline``: what they finished is in the store.
+
+Used for the lent GPU sessions (several lanes share one GPU: a single PreActResNet18 training does not keep an H100
+busy), and on CPU with ``--workers 1``. Command line::
+
+    python -m ngf_lib.runner --profile gpu --lanes "model:badnets defense:badnets:ngf" "model:blend" --deadline 400
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+import traceback
+
+
+def _value(s: str):
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(s.lower(), s)
+
+
+def parse_task(task: str) -> tuple[str, str, str, dict]:
+    """``(kind, attack, defense, options)`` of a task string; a clear error for a malformed one."""
+    parts = task.split(":")
+    kind = parts[0]
+    if kind == "model" and len(parts) == 2:
+        return kind, parts[1], "none", {}
+    if kind == "plan" and len(parts) == 3:
+        return kind, parts[1], parts[2], {}
+    if kind in ("defense", "curv") and len(parts) in (3, 4):
+        opts = {}
+        if len(parts) == 4 and parts[3]:
+            for item in parts[3].split(","):
+                if item == "density":
+                    opts["with_density"] = True
+                elif "=" in item:
+                    k, v = item.split("=", 1)
+                    opts[k] = _value(v)
+                else:
+                    raise ValueError(f"task {task!r}: option {item!r} is neither 'density' nor key=value")
+        return kind, parts[1], parts[2], opts
+    raise ValueError(f"malformed task {task!r}; use model:ATTACK, defense:ATTACK:DEFENSE[:k=v,...], "
+                     f"curv:ATTACK:DEFENSE[:density] or plan:ATTACK:PLAN")
+
+
+def check_task(task: str) -> None:
+    """Raise a clear error for a task naming an unknown attack, defense or plan (before any worker starts)."""
+    from . import attacks, defenses, experiments
+    kind, attack, defense, _ = parse_task(task)
+    if attack not in attacks.available():
+        raise ValueError(f"task {task!r}: unknown attack {attack!r}; available: {', '.join(attacks.available())}")
+    if kind == "plan":
+        if defense not in experiments.PLANS:
+            raise ValueError(f"task {task!r}: unknown plan {defense!r}; available: {', '.join(experiments.PLANS)}")
+    elif defense != "none" and defense not in defenses.available():
+        raise ValueError(f"task {task!r}: unknown defense {defense!r}; available: {', '.join(defenses.available())}")
+
+
+def run_task(task: str, profile: str, dataset: str = "cifar10", seed: int = 0) -> dict:
+    """Run one task (computing its record only if missing) and return the record."""
+    from . import curvature, experiments, zoo
+    kind, attack, defense, opts = parse_task(task)
+    if kind == "model":
+        return zoo.get_record(dataset, attack, profile, seed, progress=False)
+    if kind == "plan":
+        rows = experiments.run_plan(defense, [attack], [seed], dataset, profile, progress=True)
+        return {"acc": rows[-1]["acc"], "asr": rows[-1]["asr"]}
+    if kind == "defense":
+        return experiments.defended_record(dataset, attack, defense, profile, seed, progress=False, **opts)
+    return curvature.curvature_record(dataset, attack, defense, profile, seed, **opts)
+
+
+def _lane(i: int, lane: list, profile: str, dataset: str, seed: int, deadline: float, threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    for task in lane:
+        if time.time() > deadline:
+            print(f"[lane {i}] deadline: skipped {task}", flush=True)
+            continue
+        t0 = time.time()
+        try:
+            rec = run_task(task, profile, dataset, seed)
+            asr = rec.get("asr")
+            extra = f" lmax {rec['lambda_max']:.1f} tr {rec['trace']:.0f}" if "lambda_max" in rec else ""
+            print(f"[lane {i}] {task:<40} ACC {rec['acc']:5.1f} ASR {asr if asr is None else round(asr, 1)}"
+                  f"{extra} ({time.time() - t0:.0f} s)", flush=True)
+        except Exception:
+            print(f"[lane {i}] FAILED {task} after {time.time() - t0:.0f} s\n{traceback.format_exc()}", flush=True)
+
+
+def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", seed: int = 0,
+              deadline: float = 1e9, hard_deadline: float | None = None, threads: int | None = None) -> None:
+    """Run each lane in its own process (tasks checked before anything starts); return when all have finished or
+    ``hard_deadline`` seconds have passed (the stragglers are terminated)."""
+    for lane in lanes:
+        for task in lane:
+            check_task(task)
+    from .zoo import experiment_data
+    experiment_data(dataset, profile)      # decode the dataset once, so the workers read the decoded cache
+    t0 = time.time()
+    threads = threads or max(1, (os.cpu_count() or 2) // max(1, len(lanes)))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_lane, args=(i, lane, profile, dataset, seed, t0 + deadline, threads))
+             for i, lane in enumerate(lanes)]
+    for p in procs:
+        p.start()
+    stop = t0 + (hard_deadline if hard_deadline is not None else deadline * 2)
+    for p in procs:
+        p.join(timeout=max(0.0, stop - time.time()))
+    for i, p in enumerate(procs):
+        if p.is_alive():
+            print(f"[lane {i}] hard deadline: terminated", flush=True)
+            p.terminate()
+            p.join()
+    print(f"all lanes done in {time.time() - t0:.0f} s", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lanes", nargs="+", default=[], help="one quoted, space-separated task list per worker")
+    p.add_argument("--lanes-file", default=None, help="a file with one lane per line ('#' starts a comment)")
+    p.add_argument("--deadline", type=float, default=1e9, help="seconds after which no task starts")
+    p.add_argument("--hard-deadline", type=float, default=None, help="seconds after which workers are terminated")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    a = p.parse_args(argv)
+    lanes = [lane.split() for lane in a.lanes]
+    if a.lanes_file:
+        with open(a.lanes_file) as f:
+            lanes += [line.split("#")[0].split() for line in f if line.split("#")[0].strip()]
+    if not lanes:
+        p.error("give --lanes or --lanes-file")
+    run_lanes(lanes, a.profile, a.dataset, a.seed, a.deadline, a.hard_deadline,
+              a.threads)
+
+
+if __name__ == "__main__":
+    main()
