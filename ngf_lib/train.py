@@ -110,6 +110,9 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
                     extra = attack.extra_loss(model, xb, yb)
                     if extra is not None:
                         loss = loss + extra
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: training diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                                         f"lower the learning rate (now {cfg.lr} at its peak)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
