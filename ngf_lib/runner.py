@@ -110,7 +110,7 @@ def _lane(i: int, lane: list, profile: str, dataset: str, seed: int, deadline: f
 def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", seed: int = 0,
               deadline: float = 1e9, hard_deadline: float | None = None, threads: int | None = None) -> None:
     """Run each lane in its own process (tasks checked before anything starts); return when all have finished or
-    ``hard_deadline`` seconds have passed (the stragglers are terminated)."""
+    ``hard_deadline`` seconds have passed (the stragglers are terminated; ``None``: wait for them)."""
     for lane in lanes:
         for task in lane:
             check_task(task)
@@ -123,9 +123,9 @@ def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", se
              for i, lane in enumerate(lanes)]
     for p in procs:
         p.start()
-    stop = t0 + (hard_deadline if hard_deadline is not None else deadline * 2)
+    stop = t0 + hard_deadline if hard_deadline is not None else None
     for p in procs:
-        p.join(timeout=max(0.0, stop - time.time()))
+        p.join(timeout=None if stop is None else max(0.0, stop - time.time()))
     for i, p in enumerate(procs):
         if p.is_alive():
             print(f"[lane {i}] hard deadline: terminated", flush=True)
