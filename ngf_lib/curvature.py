@@ -39,12 +39,13 @@ def curvature_record(dataset: str = "cifar10", attack: str = "badnets", defense:
                      seed: int = 0, poison_rate=None, *, n_images: int = 200, batch_seed: int = 0, tol: float = 1e-3,
                      trace_tol: float = 2e-2, with_density: bool = False, density_runs: int = 3,
                      density_iter: int = 80, data_dir=None, device=None, attack_params: dict | None = None,
-                     **defense_cfg) -> dict:
+                     compute: bool = True, **defense_cfg) -> dict | None:
     """The curvature record of the model (dataset, attack, profile, seed), undefended (``defense="none"``) or
     purified by ``defense`` with ``defense_cfg``; read from the store if present, computed and written otherwise.
 
     Fields beside the usual ones: ``lambda_max``, ``lambda_max_residual``, ``trace``, ``trace_se``, ``hvps``, and
     ``density`` (``{"nodes": [...], "weights": [...]}``, the SLQ runs concatenated) when ``with_density``.
+    ``compute=False``: read the store only (``None`` when the record is missing).
     """
     prof = get_profile(profile)
     attack_params = attack_params or {}
@@ -60,7 +61,7 @@ def curvature_record(dataset: str = "cifar10", attack: str = "badnets", defense:
            "density": {"runs": density_runs, "iter": density_iter} if with_density else None}
     key = results.config_key(cfg)
     rec = results.find_record(prof.name, dataset, key, kind=KIND)
-    if rec is not None:
+    if rec is not None or not compute:
         return rec
     commit = results.git_commit()
     dev = torch.device(device) if device is not None else default_device()

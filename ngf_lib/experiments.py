@@ -50,11 +50,14 @@ def defense_config(model_cfg: dict, model_key: str, defense: str, cfg: dict, val
 
 def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: str = "ngf", profile="cpu",
                     seed: int = 0, poison_rate=None, *, val_size=None, data_dir=None, device=None,
-                    progress: bool = True, attack_params: dict | None = None, **defense_cfg) -> dict:
+                    progress: bool = True, attack_params: dict | None = None, compute: bool = True,
+                    **defense_cfg) -> dict | None:
     """The record of ``defense`` applied to the backdoored model (dataset, attack, profile, seed).
 
     Read from the results store if present; otherwise the model is loaded (or trained), the defense runs on the
     clean validation split, and the purified model is evaluated and recorded. ``defense_cfg`` goes to the defense.
+    ``compute=False``: only read the store (``None`` when the record is missing), e.g. to show a GPU profile's
+    records on a CPU machine.
     """
     prof = get_profile(profile)
     defend, full_cfg = resolve_defense(dataset, defense, defense_cfg)
@@ -64,7 +67,7 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     cfg = defense_config(model_cfg, model_key, defense, full_cfg, vs)
     key = results.config_key(cfg)
     rec = results.find_record(prof.name, dataset, key)
-    if rec is not None:
+    if rec is not None or not compute:
         return rec
     commit = results.git_commit()
     bd = zoo.get_model(dataset, attack, prof, seed, poison_rate, data_dir=data_dir, device=device,
@@ -90,8 +93,9 @@ PLANS = {}          # named lists of (label, defense, config), filled below; the
 
 
 def run_plan(plan, attacks=("badnets", "blend"), seeds=(0,), dataset: str = "cifar10", profile="cpu",
-             progress: bool = True, **common) -> list[dict]:
-    """Records of every ``(label, defense, config)`` of ``plan`` for every attack and seed (computed if missing).
+             progress: bool = True, compute: bool = True, **common) -> list[dict]:
+    """Records of every ``(label, defense, config)`` of ``plan`` for every attack and seed (computed if missing;
+    with ``compute=False`` the missing ones are left out).
 
     Returns one flat dict per run: ``label``, ``step`` (position in the plan) and the record's fields.
     """
@@ -104,7 +108,10 @@ def run_plan(plan, attacks=("badnets", "blend"), seeds=(0,), dataset: str = "cif
         for seed in seeds:
             for i, (label, defense, cfg) in enumerate(plan):
                 t0 = time.time()
-                rec = defended_record(dataset, attack, defense, profile, seed, progress=False, **common, **cfg)
+                rec = defended_record(dataset, attack, defense, profile, seed, progress=False, compute=compute,
+                                      **common, **cfg)
+                if rec is None:
+                    continue
                 if progress:
                     print(f"{attack:>8} s{seed} {label:<45} ACC {rec['acc']:5.1f}  ASR {rec['asr']:5.1f}  "
                           f"({time.time() - t0:.0f} s)", flush=True)

@@ -119,7 +119,8 @@ def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", se
     t0 = time.time()
     threads = threads or max(1, (os.cpu_count() or 2) // max(1, len(lanes)))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_lane, args=(i, lane, profile, dataset, seed, t0 + deadline, threads))
+    procs = [ctx.Process(target=_lane, args=(i, lane, profile, dataset, seed, t0 + deadline, threads),
+                         daemon=True)          # a worker never outlives its parent
              for i, lane in enumerate(lanes)]
     for p in procs:
         p.start()

@@ -174,11 +174,13 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
 
 
 def get_record(dataset: str = "cifar10", attack: str = "none", profile="cpu", seed: int = 0, poison_rate=None,
-               *, data_dir=None, device=None, progress: bool = True, **attack_params) -> dict:
-    """The record of this model: read from the results store, or computed now (training the model if needed)."""
+               *, data_dir=None, device=None, progress: bool = True, compute: bool = True,
+               **attack_params) -> dict | None:
+    """The record of this model: read from the results store, or computed now (training the model if needed);
+    ``compute=False``: read only (``None`` when missing)."""
     prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params)
     rec = results.find_record(prof.name, dataset, key)
-    if rec is not None:
+    if rec is not None or not compute:
         return rec
     return get_model(dataset, attack, profile, seed, poison_rate, data_dir=data_dir, device=device,
                      progress=progress, **attack_params).record
