@@ -92,3 +92,72 @@ def curvature_record(dataset: str = "cifar10", attack: str = "badnets", defense:
            "key": key}
     results.write_record(rec)
     return results.as_stored(rec)
+
+
+TRAJECTORY = "trajectory"
+
+
+def trajectory_record(dataset: str = "cifar10", attack: str = "badnets", profile="cpu", seed: int = 0,
+                      poison_rate=None, *, every: int = 2, n_images: int = 200, batch_seed: int = 0, tol: float = 1e-3,
+                      eval_images: int = 2000, data_dir=None, device=None, progress: bool = True,
+                      attack_params: dict | None = None, compute: bool = True) -> dict | None:
+    """λmax, clean ACC and ASR along the **training** of a (backdoored) model, every ``every`` epochs and after the
+    last one (paper Fig. 2a-b: the curvature during backdoor insertion); read from the store, or computed now.
+
+    The model is trained again with the zoo's recipe for this configuration, with a hook
+    (:func:`ngf_lib.train.train`'s ``on_epoch``) that measures, in eval mode, ``lambda_max`` on the same clean batch
+    as :func:`curvature_record` and ACC/ASR on the first ``eval_images`` test images. The hook forks the random state,
+    so the run is the zoo's run (the final ACC/ASR equal the model's record up to the evaluation subset). Records of
+    kind ``"trajectory"`` (``results/<profile>/<dataset>/trajectory/``) with lists ``epoch``, ``lambda_max``,
+    ``acc``, ``asr``; their ``acc``/``asr`` fields are the last point's.
+    """
+    from . import metrics
+    from .data import dataset_info
+    from .models import build_model
+    from .train import train
+    if every < 1:
+        raise ValueError(f"every must be a positive number of epochs, got {every}")
+    prof = get_profile(profile)
+    attack_params = attack_params or {}
+    _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
+    cfg = {"kind": TRAJECTORY, "version": 1, "model": model_cfg, "model_key": model_key, "every": every,
+           "n_images": n_images, "batch_seed": batch_seed, "tol": tol, "eval_images": eval_images}
+    key = results.config_key(cfg)
+    rec = results.find_record(prof.name, dataset, key, kind=TRAJECTORY)
+    if rec is not None or not compute:
+        return rec
+    commit = results.git_commit()
+    dev = torch.device(device) if device is not None else default_device()
+    data = zoo.experiment_data(dataset, prof, data_dir)
+    xb, yb = clean_batch(data, n_images, batch_seed)
+    xb, yb = xb.to(dev), yb.to(dev)
+    x_ev, y_ev = data.x_test[:eval_images], data.y_test[:eval_images]
+    points = {"epoch": [], "lambda_max": [], "lambda_max_residual": [], "acc": [], "asr": []}
+    t0 = time.time()
+    atk.prepare(data.x_train, data.y_train, device=dev)
+    ps = atk.poison_training_set(data.x_train, data.y_train)
+
+    def hook(model, epoch):
+        if epoch % every and epoch != prof.train.epochs:
+            return
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            model.eval()
+            lam = hessian.lambda_max(model, xb, yb, tol=tol, seed=batch_seed, return_info=True)
+            points["epoch"].append(epoch)
+            points["lambda_max"].append(lam.value)
+            points["lambda_max_residual"].append(lam.residual)
+            points["acc"].append(metrics.accuracy(model, x_ev, y_ev, device=dev))
+            points["asr"].append(None if atk.name == "none" else
+                                 metrics.attack_success_rate(model, atk, x_ev, y_ev, device=dev))
+
+    torch.manual_seed(seed)
+    model = build_model(prof.arch(dataset), data.dataset.num_classes, dataset)
+    train(model, ps.x, ps.y, prof.train, attack=atk, flip=dataset_info(dataset).flip, seed=seed, device=dev,
+          progress=progress, desc=f"{dataset}/{atk.name}/s{seed} (trajectory)", on_epoch=hook)
+    rec = {"kind": TRAJECTORY, "profile": prof.name, "dataset": dataset, "arch": prof.arch(dataset),
+           "attack": atk.name, "poison_rate": atk.poison_rate, "defense": "none", "seed": seed,
+           "acc": points["acc"][-1], "asr": points["asr"][-1], **{f"points_{k}": v for k, v in points.items()},
+           "wall_time_s": time.time() - t0, "device": results.device_name(dev), "git_commit": commit,
+           "created": results.now(), "config": cfg, "key": key}
+    results.write_record(rec)
+    return results.as_stored(rec)

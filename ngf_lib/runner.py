@@ -8,6 +8,7 @@ its defenses need, so no two workers ever train the same model):
   like go after the last colon)
 * ``curv:ATTACK:DEFENSE[:density]``      :func:`ngf_lib.curvature.curvature_record` (``DEFENSE`` may be ``none``)
 * ``plan:ATTACK:PLAN``                    every defense of a named plan (:data:`ngf_lib.experiments.PLANS`)
+* ``traj:ATTACK[:every=k]``               :func:`ngf_lib.curvature.trajectory_record` (λmax along training)
 
 Every task is computed only if its record is missing, so a lane that is stopped (deadline, crash, Ctrl-C) resumes
 where it stopped. A task that fails is logged with its traceback and the lane goes on. Workers start no new task
@@ -44,7 +45,9 @@ def parse_task(task: str) -> tuple[str, str, str, dict]:
         return kind, parts[1], "none", {}
     if kind == "plan" and len(parts) == 3:
         return kind, parts[1], parts[2], {}
-    if kind in ("defense", "curv") and len(parts) in (3, 4):
+    if kind == "traj" and len(parts) in (2, 3):
+        parts = [kind, parts[1], "none"] + parts[2:]
+    if kind in ("defense", "curv", "traj") and len(parts) in (3, 4):
         opts = {}
         if len(parts) == 4 and parts[3]:
             for item in parts[3].split(","):
@@ -57,7 +60,7 @@ def parse_task(task: str) -> tuple[str, str, str, dict]:
                     raise ValueError(f"task {task!r}: option {item!r} is neither 'density' nor key=value")
         return kind, parts[1], parts[2], opts
     raise ValueError(f"malformed task {task!r}; use model:ATTACK, defense:ATTACK:DEFENSE[:k=v,...], "
-                     f"curv:ATTACK:DEFENSE[:density] or plan:ATTACK:PLAN")
+                     f"curv:ATTACK:DEFENSE[:density], plan:ATTACK:PLAN or traj:ATTACK[:every=k]")
 
 
 def check_task(task: str) -> None:
@@ -82,6 +85,8 @@ def run_task(task: str, profile: str, dataset: str = "cifar10", seed: int = 0) -
     if kind == "plan":
         rows = experiments.run_plan(defense, [attack], [seed], dataset, profile, progress=True)
         return {"acc": rows[-1]["acc"], "asr": rows[-1]["asr"]}
+    if kind == "traj":
+        return curvature.trajectory_record(dataset, attack, profile, seed, progress=False, **opts)
     if kind == "defense":
         return experiments.defended_record(dataset, attack, defense, profile, seed, progress=False, **opts)
     return curvature.curvature_record(dataset, attack, defense, profile, seed, **opts)

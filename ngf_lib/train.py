@@ -60,12 +60,16 @@ def default_device() -> torch.device:
 
 
 def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *, attack=None,
-          flip: bool = True, seed: int = 0, device=None, progress: bool = True, desc: str = "train") -> dict:
+          flip: bool = True, seed: int = 0, device=None, progress: bool = True, desc: str = "train",
+          on_epoch=None) -> dict:
     """Train ``model`` in place on uint8 images ``x`` ``(N, 3, H, W)`` and labels ``y``; returns a history dict.
 
     ``attack``: for attacks that control training, its ``training_batch`` poisons every batch and its
     ``extra_loss`` adds to the loss, ``after_step`` / ``after_epoch`` run after every optimiser step / epoch;
-    data-poisoning attacks are applied to ``x, y`` before calling this.
+    data-poisoning attacks are applied to ``x, y`` before calling this. ``on_epoch(model, epoch)`` (epochs counted
+    from 1) runs after every epoch, e.g. to measure the curvature along training (paper Fig. 2a-b); whatever mode
+    it leaves the model in, training goes on in train mode, and it must not touch the global random state if the
+    run is to stay identical to one without it.
     """
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
@@ -124,6 +128,9 @@ def train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             seen += len(yb)
         if attack is not None and attack.controls_training:
             attack.after_epoch(model, epoch, cfg.epochs)    # FBA's detoxification; a no-op for the others
+            model.train()
+        if on_epoch is not None:
+            on_epoch(model, epoch + 1)
             model.train()
         hist["epoch"].append(epoch + 1)
         hist["loss"].append(tot_loss / seen)

@@ -39,3 +39,18 @@ def test_bad_curvature_arguments_are_named():
     data = zoo.experiment_data("cifar10", "smoke")
     with pytest.raises(ValueError, match="n_images"):
         curvature.clean_batch(data, 0)
+
+
+def test_training_trajectory_measures_lambda_max_without_changing_the_run():
+    rec = curvature.trajectory_record("cifar10", "badnets", "smoke", every=2, n_images=32, eval_images=1000,
+                                      progress=False)
+    assert rec["kind"] == "trajectory" and rec["points_epoch"] == [2, 3]      # every 2 epochs, and the last one
+    assert all(v > 0 for v in rec["points_lambda_max"]) and len(rec["points_asr"]) == 2
+    # the zoo trains the same recipe without the hook: the measured run must end where that one ends
+    bd = zoo.get_model("cifar10", "badnets", "smoke", 0, progress=False)
+    assert rec["acc"] == pytest.approx(bd.record["acc"]) and rec["asr"] == pytest.approx(bd.record["asr"])
+    assert curvature.trajectory_record("cifar10", "badnets", "smoke", every=2, n_images=32, eval_images=1000,
+                                       compute=False) == rec
+    assert results.load_records("smoke", kind="trajectory") == [rec]
+    with pytest.raises(ValueError, match="every"):
+        curvature.trajectory_record("cifar10", "badnets", "smoke", every=0)

@@ -1,0 +1,43 @@
+"""The lanes runner (ngf_lib.runner): task strings, early errors, and a real lane that writes its records."""
+import pytest
+
+from ngf_lib import experiments, results, runner, zoo
+
+
+def test_task_strings_parse_to_kind_attack_defense_and_options():
+    assert runner.parse_task("model:badnets") == ("model", "badnets", "none", {})
+    assert runner.parse_task("defense:blend:i-bau:val_size=0.05") == ("defense", "blend", "i-bau", {"val_size": 0.05})
+    assert runner.parse_task("defense:blend:ngf-release:backbone=frozen,steps=20") == (
+        "defense", "blend", "ngf-release", {"backbone": "frozen", "steps": 20})
+    assert runner.parse_task("curv:troj-one:ngf:density,epochs=10") == (
+        "curv", "troj-one", "ngf", {"with_density": True, "epochs": 10})
+    assert runner.parse_task("plan:badnets:table3") == ("plan", "badnets", "table3", {})
+    assert runner.parse_task("traj:none:every=3") == ("traj", "none", "none", {"every": 3})
+    assert runner.parse_task("traj:blend") == ("traj", "blend", "none", {})
+
+
+@pytest.mark.parametrize("task, message", [
+    ("train:badnets", "malformed task"), ("defense:badnets", "malformed task"),
+    ("curv:badnets:ngf:dens", "neither 'density' nor key=value"), ("model:badnet", "unknown attack 'badnet'"),
+    ("defense:badnets:ngff", "unknown defense 'ngff'"), ("plan:badnets:table9", "unknown plan 'table9'"),
+])
+def test_bad_tasks_are_refused_before_any_worker_starts(task, message):
+    with pytest.raises(ValueError, match=message):
+        runner.run_lanes([["model:none"], [task]], "smoke")
+
+
+def test_a_lane_writes_its_records_and_a_failing_task_does_not_stop_it(capfd):
+    runner.run_lanes([["model:badnets", "defense:badnets:cls-sgd:bogus=1", "defense:badnets:cls-sgd:epochs=3"]],
+                     "smoke", threads=2)
+    out = capfd.readouterr().out                                     # the workers write to the process stdout
+    assert "FAILED defense:badnets:cls-sgd:bogus=1" in out and "unknown defense parameter(s) bogus" in out
+    assert zoo.get_record("cifar10", "badnets", "smoke", 0, compute=False) is not None
+    rec = experiments.defended_record("cifar10", "badnets", "cls-sgd", "smoke", 0, compute=False, epochs=3)
+    assert rec is not None and rec["defense"] == "cls-sgd"
+    assert len(results.load_records("smoke")) == 2
+
+
+def test_compute_false_reads_only():
+    assert zoo.get_record("cifar10", "blend", "smoke", 0, compute=False) is None
+    assert experiments.defended_record("cifar10", "blend", "ngf", "smoke", 0, compute=False) is None
+    assert experiments.run_plan("table3", ["blend"], [0], "cifar10", "smoke", progress=False, compute=False) == []
