@@ -144,6 +144,20 @@ def test_lambda_max_matches_exact(problem, request):
     assert hs.lambda_max(model, x, y) == info.value          # plain call: the float, the same run
 
 
+@pytest.mark.parametrize("problem", ["mlp_problem", "cnn_problem"])
+def test_lambda_max_gap_rule_is_as_accurate_with_no_more_products(problem, request):
+    """The residual^2 / gap stopping rule: the true error stays within tol, and it never needs more products than
+    the certified residual rule at the same tol."""
+    model, x, y, H, ev = request.getfixturevalue(problem)
+    for tol in (1e-3, 1e-6):
+        gap = hs.lambda_max(model, x, y, tol=tol, stop="gap", return_info=True)
+        res = hs.lambda_max(model, x, y, tol=tol, return_info=True)
+        assert gap.converged and rel(gap.value, ev[-1].item()) <= tol
+        assert gap.n_hvp <= res.n_hvp
+    with pytest.raises(ValueError, match="stop must be"):
+        hs.lambda_max(model, x, y, stop="relative")
+
+
 def test_lambda_max_top_k(cnn_problem):
     model, x, y, H, ev = cnn_problem
     top = ev.flip(0)[:3].tolist()
