@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= cpu
 STAMP := $(VENV)/.ngf-installed
 
-.PHONY: book test chapters all venv clean
+.PHONY: book test chapters all venv clean chromium check-site
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build book/
 	@echo "The site is at $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
+# The site check of the test suite drives Debian's Chromium (installed here if missing; needs root or sudo-less apt).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the site check"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
+
+check-site: book chromium
+	$(PY) -m ngf_lib.sitecheck _build/html --repo-url https://github.com/ngf-book/ngf-book --screenshot _build/chapter.png
 
 chapters: $(STAMP)
 	$(PY) -m ngf_lib.chapters --profile $(PROFILE)

@@ -48,6 +48,17 @@ def test_smoke_chapters_execute_and_site_builds(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "_build" / "html" / "chapters" / "01_backdoored_models.html").is_file()
+    # the site in a real headless browser: pages, images, internal links, Colab buttons; a screenshot is kept
+    from ngf_lib import sitecheck
+    art = ROOT / "test-artifacts"
+    art.mkdir(exist_ok=True)
+    out = sitecheck.check_site(tmp_path / "_build" / "html", repo_url="https://github.com/ngf-book/ngf-book",
+                               screenshot=art / "site-chapter.png",
+                               screenshot_page="chapters/01_backdoored_models.html")
+    chapters_built = [p for p in out["pages"] if p.startswith("/chapters/")]
+    assert len(chapters_built) == len(chapters.chapter_sources(ROOT / "notebooks")), out["pages"].keys()
+    assert out["problems"] == []
+    assert sum(i["n_images"] for i in out["pages"].values()) > 0
 
 
 def test_failed_chapter_never_replaces_a_good_one(tmp_path):
