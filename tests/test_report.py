@@ -22,3 +22,22 @@ def test_comparison_table_averages_seeds_and_signs_differences():
 def test_mean_sd():
     assert report.mean_sd([]) == "—" and report.mean_sd([1.234]) == "1.23"
     assert report.mean_sd([1.0, 3.0], 1) == "2.0 ± 1.4"
+
+
+def test_paper_table2_transcription_reproduces_the_papers_average_drop_rows():
+    """Table II's Avg. Drop row is the mean over attacks of (No Defense - defense): recomputing it from our
+    transcription of the cells catches a mistyped cell (the paper rounds to 2 decimals). The paper's own rows that
+    do not add up are listed in paper_values.TABLE2_INCONSISTENT, and must be exactly those."""
+    from ngf_lib import paper_values as pv
+    off = set()
+    for dataset, drops in pv.TABLE2_AVG_DROP.items():
+        attacks = [a for a in pv.TABLE2[dataset] if a != "none"]
+        for defense, (asr_drop, acc_drop) in drops.items():
+            cells = [(pv.TABLE2[dataset][a]["none"], pv.TABLE2[dataset][a][defense]) for a in attacks]
+            asr = sum(n[0] - d[0] for n, d in cells) / len(cells)
+            acc = sum(n[1] - d[1] for n, d in cells) / len(cells)
+            if abs(asr - asr_drop) >= 0.02 or abs(acc - acc_drop) >= 0.02:
+                off.add((dataset, defense))
+    assert off == pv.TABLE2_INCONSISTENT
+    for attack, v in pv.TABLE2_CIFAR10_NO_DEFENSE.items():
+        assert pv.table2(attack, "none") == v
