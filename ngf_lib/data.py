@@ -119,6 +119,35 @@ def _load_torchvision(name: str, root: Path, download: bool) -> dict:
     raise DataError(f"no torchvision loader for {name!r}")
 
 
+def _load_tiny_imagenet(root: Path) -> dict:
+    """Tiny-ImageNet's own layout (``tiny-imagenet-200/``: ``wnids.txt``, ``train/<wnid>/images/*.JPEG``,
+    ``val/images/*.JPEG`` with ``val/val_annotations.txt``) as uint8 arrays; its labelled ``val`` split serves as
+    the test set (the official test split has no labels), as in BackdoorBench."""
+    from PIL import Image
+    wnids = [w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+
+    def read(path):
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+        if arr.shape != (64, 64, 3):
+            raise DataError(f"{path}: expected a 64x64 image, got {arr.shape}")
+        return arr
+
+    xs, ys = [], []
+    for w in wnids:
+        files = sorted((root / "train" / w / "images").glob("*.JPEG"))
+        if not files:
+            raise DataError(f"{root}/train/{w}/images holds no .JPEG files")
+        xs += [read(f) for f in files]
+        ys += [index[w]] * len(files)
+    ann = [line.split("\t") for line in (root / "val" / "val_annotations.txt").read_text().splitlines() if line]
+    xt = [read(root / "val" / "images" / a[0]) for a in ann]
+    yt = [index[a[1]] for a in ann]
+    return {"x_train": np.stack(xs), "y_train": np.asarray(ys, dtype=np.int64), "x_test": np.stack(xt),
+            "y_test": np.asarray(yt, dtype=np.int64), "classes": wnids}
+
+
 def _check(arrs: dict, name: str, where: str) -> None:
     info = dataset_info(name)
     for split in ("train", "test"):
@@ -160,7 +189,14 @@ def _find_source(name: str, data_dir, download: bool):
                 return "npz", folder / "gtsrb.npz"
             if (folder / "gtsrb").is_dir():
                 return "torchvision", folder
+        elif name == "tiny-imagenet":
+            if (folder / "tiny-imagenet-200" / "wnids.txt").is_file():
+                return "folder", folder / "tiny-imagenet-200"
         tried.append(str(folder))
+    if download and name == "tiny-imagenet":
+        raise DataError("tiny-imagenet has no torchvision downloader: download tiny-imagenet-200.zip from "
+                        "http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it into a folder and set NGF_DATA_DIR "
+                        f"to that folder (looked in: {', '.join(tried)})")
     if download:
         folders = paths.data_dir_candidates(data_dir)
         return "download", folders[0]
@@ -172,22 +208,25 @@ def _find_source(name: str, data_dir, download: bool):
 
 
 def load_dataset(name: str = "cifar10", data_dir=None, *, download: bool = False, cache: bool = True) -> Dataset:
-    """Load ``cifar10`` or ``gtsrb`` as uint8 tensors (``(N, 3, 32, 32)``) with int64 labels.
+    """Load ``cifar10`` or ``gtsrb`` (``(N, 3, 32, 32)``) or ``tiny-imagenet`` (``(N, 3, 64, 64)``, from its own
+    folder layout) as uint8 tensors with int64 labels.
 
     >>> ds = load_dataset("cifar10")            # doctest: +SKIP
     >>> ds.x_train.shape, ds.x_train.dtype      # doctest: +SKIP
     (torch.Size([50000, 3, 32, 32]), torch.uint8)
     """
     info = dataset_info(name)
-    if name in ("tiny-imagenet", "imagenet"):
-        raise DataError(f"{name} is streamed from disk by a dedicated loader (not yet implemented); "
-                        "this function handles the 32x32 datasets cifar10 and gtsrb")
+    if name == "imagenet":
+        raise DataError("imagenet is too large to hold in memory as one tensor and needs a loader that streams from "
+                        "disk (not yet implemented); this function handles cifar10, gtsrb and tiny-imagenet")
     kind, src = _find_source(name, data_dir, download)
     if kind == "download":
         src.mkdir(parents=True, exist_ok=True)
     tag = f"{name}-{kind if kind != 'download' else 'torchvision'}"
     if kind in ("jpeg-npz", "npz"):
         tag += f"-{src.stat().st_size}"
+    if kind == "folder":
+        tag += f"-{(src / 'wnids.txt').stat().st_mtime_ns}"
     cached = paths.dataset_cache_dir() / f"{tag}.npz"
     if cache and cached.is_file():
         try:
@@ -204,6 +243,8 @@ def load_dataset(name: str = "cifar10", data_dir=None, *, download: bool = False
                 arrs = _decode_cifar_jpeg(src)
             elif kind == "npz":
                 arrs = _load_gtsrb_npz(src)
+            elif kind == "folder":
+                arrs = _load_tiny_imagenet(src)
             else:
                 arrs = _load_torchvision(name, src, download=(kind == "download"))
         except DataError:
