@@ -3,14 +3,15 @@
 #   make test   -> installs what it needs into .venv, runs the test suite
 # Other targets:
 #   make chapters PROFILE=cpu   -> re-executes the chapter notebooks (computes only what results/ lacks)
-#   make all PROFILE=cpu        -> chapters, then the site
+#   make regenerate PROFILE=cpu -> computes what results/ lacks (plans/<profile>.txt), then executes the chapters
+#   make all PROFILE=cpu        -> regenerate, then the site
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= cpu
 STAMP := $(VENV)/.ngf-installed
 
-.PHONY: book test chapters all venv clean chromium check-site
+.PHONY: book test chapters regenerate all venv clean chromium check-site
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +39,10 @@ check-site: book chromium
 chapters: $(STAMP)
 	$(PY) -m ngf_lib.chapters --profile $(PROFILE)
 
-all: chapters book
+regenerate: $(STAMP)
+	$(PY) -m ngf_lib.book --profile $(PROFILE)
+
+all: regenerate book
 
 clean:
 	rm -rf _build book/_build

@@ -10,7 +10,8 @@ its defenses need, so no two workers ever train the same model):
 * ``plan:ATTACK:PLAN``                    every defense of a named plan (:data:`ngf_lib.experiments.PLANS`)
 * ``traj:ATTACK[:every=k]``               :func:`ngf_lib.curvature.trajectory_record` (λmax along training)
 
-Every task is computed only if its record is missing, so a lane that is stopped (deadline, crash, Ctrl-C) resumes
+``ATTACK`` may carry a seed, ``badnets@1`` (default: the run's ``--seed``). Every task is computed only if its record
+is missing, so a lane that is stopped (deadline, crash, Ctrl-C) resumes
 where it stopped. A task that fails is logged with its traceback and the lane goes on. Workers start no new task
 after ``deadline`` seconds and are terminated at ``hard_deadline``: what they finished is in the store.
 
@@ -67,6 +68,7 @@ def check_task(task: str) -> None:
     """Raise a clear error for a task naming an unknown attack, defense or plan (before any worker starts)."""
     from . import attacks, defenses, experiments
     kind, attack, defense, _ = parse_task(task)
+    attack, _ = split_seed(attack, 0)
     if attack not in attacks.available():
         raise ValueError(f"task {task!r}: unknown attack {attack!r}; available: {', '.join(attacks.available())}")
     if kind == "plan":
@@ -76,10 +78,21 @@ def check_task(task: str) -> None:
         raise ValueError(f"task {task!r}: unknown defense {defense!r}; available: {', '.join(defenses.available())}")
 
 
+def split_seed(attack: str, seed: int) -> tuple[str, int]:
+    """``"badnets@1"`` -> ``("badnets", 1)``; ``"badnets"`` -> ``("badnets", seed)``."""
+    if "@" not in attack:
+        return attack, seed
+    name, s = attack.rsplit("@", 1)
+    if not s.isdigit():
+        raise ValueError(f"bad seed in {attack!r}; write ATTACK@SEED, e.g. badnets@1")
+    return name, int(s)
+
+
 def run_task(task: str, profile: str, dataset: str = "cifar10", seed: int = 0) -> dict:
     """Run one task (computing its record only if missing) and return the record."""
     from . import curvature, experiments, zoo
     kind, attack, defense, opts = parse_task(task)
+    attack, seed = split_seed(attack, seed)
     if kind == "model":
         return zoo.get_record(dataset, attack, profile, seed, progress=False)
     if kind == "plan":
@@ -92,30 +105,59 @@ def run_task(task: str, profile: str, dataset: str = "cifar10", seed: int = 0) -
     return curvature.curvature_record(dataset, attack, defense, profile, seed, **opts)
 
 
-def _lane(i: int, lane: list, profile: str, dataset: str, seed: int, deadline: float, threads: int) -> None:
+def run_lane(lane: list, profile: str, dataset: str = "cifar10", seed: int = 0, deadline: float | None = None,
+             threads: int | None = None, name: str = "lane") -> dict:
+    """Run the tasks of one lane in order (each computed only if missing) in this process; a failing task is
+    printed with its traceback and the lane goes on; no task starts after the time ``deadline`` (epoch seconds).
+    Returns ``{"done": [...], "failed": [...], "skipped": [...]}`` (task strings): the job of an engine."""
     import torch
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+    out = {"done": [], "failed": [], "skipped": []}
     for task in lane:
-        if time.time() > deadline:
-            print(f"[lane {i}] deadline: skipped {task}", flush=True)
+        if deadline is not None and time.time() > deadline:
+            print(f"[{name}] deadline: skipped {task}", flush=True)
+            out["skipped"].append(task)
             continue
         t0 = time.time()
         try:
             rec = run_task(task, profile, dataset, seed)
             asr = rec.get("asr")
             extra = f" lmax {rec['lambda_max']:.1f} tr {rec['trace']:.0f}" if "lambda_max" in rec else ""
-            print(f"[lane {i}] {task:<40} ACC {rec['acc']:5.1f} ASR {asr if asr is None else round(asr, 1)}"
+            print(f"[{name}] {task:<40} ACC {rec['acc']:5.1f} ASR {asr if asr is None else round(asr, 1)}"
                   f"{extra} ({time.time() - t0:.0f} s)", flush=True)
+            out["done"].append(task)
         except Exception:
-            print(f"[lane {i}] FAILED {task} after {time.time() - t0:.0f} s\n{traceback.format_exc()}", flush=True)
+            print(f"[{name}] FAILED {task} after {time.time() - t0:.0f} s\n{traceback.format_exc()}", flush=True)
+            out["failed"].append(task)
+    return out
+
+
+def _lane(i: int, lane: list, profile: str, dataset: str, seed: int, deadline: float, threads: int) -> None:
+    run_lane(lane, profile, dataset, seed, deadline, threads, name=f"lane {i}")
+
+
+def group_lanes(lanes: list[list[str]], workers: int | None) -> list[list[str]]:
+    """At most ``workers`` lanes: lane k joins lane ``k mod workers`` (their tasks run one after the other)."""
+    if not workers or workers >= len(lanes):
+        return [list(lane) for lane in lanes]
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    out = [[] for _ in range(workers)]
+    for k, lane in enumerate(lanes):
+        out[k % workers].extend(lane)
+    return out
 
 
 def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", seed: int = 0,
-              deadline: float = 1e9, hard_deadline: float | None = None, threads: int | None = None) -> None:
-    """Run each lane in its own process (tasks checked before anything starts); return when all have finished or
-    ``hard_deadline`` seconds have passed (the stragglers are terminated; ``None``: wait for them)."""
+              deadline: float = 1e9, hard_deadline: float | None = None, threads: int | None = None,
+              workers: int | None = None) -> None:
+    """Run each lane in its own process (tasks checked before anything starts; at most ``workers`` processes, see
+    :func:`group_lanes`); return when all have finished or ``hard_deadline`` seconds have passed (the stragglers are
+    terminated; ``None``: wait for them)."""
+    lanes = group_lanes(lanes, workers)
     for lane in lanes:
         for task in lane:
             check_task(task)
@@ -140,6 +182,12 @@ def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", se
     print(f"all lanes done in {time.time() - t0:.0f} s", flush=True)
 
 
+def read_lanes(path) -> list[list[str]]:
+    """The lanes of a plan file: one lane per line, tasks separated by spaces, ``#`` starts a comment."""
+    with open(path) as f:
+        return [line.split("#")[0].split() for line in f if line.split("#")[0].strip()]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="cpu")
@@ -150,15 +198,14 @@ def main(argv=None):
     p.add_argument("--deadline", type=float, default=1e9, help="seconds after which no task starts")
     p.add_argument("--hard-deadline", type=float, default=None, help="seconds after which workers are terminated")
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    p.add_argument("--workers", type=int, default=None, help="at most this many worker processes")
     a = p.parse_args(argv)
     lanes = [lane.split() for lane in a.lanes]
     if a.lanes_file:
-        with open(a.lanes_file) as f:
-            lanes += [line.split("#")[0].split() for line in f if line.split("#")[0].strip()]
+        lanes += read_lanes(a.lanes_file)
     if not lanes:
         p.error("give --lanes or --lanes-file")
-    run_lanes(lanes, a.profile, a.dataset, a.seed, a.deadline, a.hard_deadline,
-              a.threads)
+    run_lanes(lanes, a.profile, a.dataset, a.seed, a.deadline, a.hard_deadline, a.threads, a.workers)
 
 
 if __name__ == "__main__":
