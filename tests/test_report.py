@@ -41,3 +41,15 @@ def test_paper_table2_transcription_reproduces_the_papers_average_drop_rows():
     assert off == pv.TABLE2_INCONSISTENT
     for attack, v in pv.TABLE2_CIFAR10_NO_DEFENSE.items():
         assert pv.table2(attack, "none") == v
+
+
+def test_paper_tables_agree_where_they_overlap():
+    """Cells the paper prints in two tables must agree in our transcription (Table VIII at 500 images is Table II's
+    BadNets row; Table V's NGF row is Table VI's; Table V's SGD row is Table II's FT column)."""
+    from ngf_lib import paper_values as pv
+    for d in ("anp", "awm", "ngf"):
+        assert pv.TABLE8[500][d] == pv.table2("badnets", d)
+    assert pv.TABLE5["ngf"] == pv.TABLE6["ngf"]
+    for a in ("badnets", "blend", "troj-one", "dyn-one", "clb", "sig", "cba"):
+        assert pv.TABLE5["ft"][a] == pv.table2(a, "ft")
+    assert set(pv.TABLE7) == {"badnets", "blend", "troj-one"} and set(pv.TABLE7["blend"]) == {0.25, 0.35, 0.5}
