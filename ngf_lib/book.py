@@ -4,8 +4,8 @@
     python -m ngf_lib.book --profile gpu --workers 4          # one GPU shared by 4 workers
     python -m ngf_lib.book --profile paper --engine submitit  # a SLURM cluster: one job per lane
 
-1. The profile's plan, ``plans/<profile>.txt`` (lanes of tasks, :mod:`ngf_lib.runner`), lists the experiments the
-   chapters need. Each task computes its record only if the store lacks it, so a second run, or a run after an
+1. The profile's plan, ``plans/<profile>.txt`` (lanes of tasks, :mod:`ngf_lib.runner`; ``plans/<profile>-gtsrb.txt``
+   and the like for the other datasets), lists the experiments the chapters need. Each task computes its record only if the store lacks it, so a second run, or a run after an
    interruption, reuses everything already finished.
 2. The lanes run on an *engine*: ``local`` (worker processes on this machine) or ``submitit`` (one job per lane:
    SLURM where ``sbatch`` exists, local processes otherwise, or ``--cluster local`` to force them). The paper profile's
@@ -27,6 +27,15 @@ from . import chapters, paths, runner
 def plan_path(profile: str) -> Path:
     root = paths.repo_root() or Path.cwd()
     return root / "plans" / f"{profile}.txt"
+
+
+def dataset_plans(profile: str) -> list[tuple[Path, str]]:
+    """``plans/<profile>.txt`` (CIFAR-10) and ``plans/<profile>-<dataset>.txt`` for the other datasets."""
+    from .data import DATASETS
+    main = plan_path(profile)
+    others = sorted(main.parent.glob(f"{profile}-*.txt")) if main.parent.is_dir() else []
+    return [(main, "cifar10")] + [(p, p.stem[len(profile) + 1:]) for p in others
+                                  if p.stem[len(profile) + 1:] in DATASETS and p.stem[len(profile) + 1:] != "cifar10"]
 
 
 def record_files(profile: str) -> set[Path]:
@@ -78,14 +87,23 @@ def regenerate(profile: str, *, engine: str = "local", workers: int | None = Non
     t0 = time.time()
     if workers is None and profile in ("smoke", "cpu"):
         workers = 1
-    plan = Path(plan) if plan is not None else plan_path(profile)
-    if not plan.is_file():
-        raise FileNotFoundError(f"no plan for profile {profile!r}: {plan} does not exist")
-    lanes = runner.read_lanes(plan)
+    plans = [(Path(plan), "cifar10")] if plan is not None else dataset_plans(profile)
+    if not plans or not plans[0][0].is_file():
+        raise FileNotFoundError(f"no plan for profile {profile!r}: {plans[0][0] if plans else plan_path(profile)} "
+                                f"does not exist")
+    jobs = [(runner.read_lanes(p), ds, p) for p, ds in plans]
+    lanes = [lane for ls, _, _ in jobs for lane in ls]
+    for lane in lanes:                                   # every plan checked before anything runs
+        for task in lane:
+            runner.check_task(task)
     before = record_files(profile)
-    print(f"[book] profile {profile}: {sum(map(len, lanes))} tasks in {len(lanes)} lanes ({plan}), "
-          f"{len(before)} records in the store, engine {engine}", flush=True)
-    res = run_engine(lanes, profile, engine, workers, cluster, log_dir)
+    res = {"done": [], "failed": [], "skipped": []}
+    for ls, ds, p in jobs:
+        print(f"[book] profile {profile}, {ds}: {sum(map(len, ls))} tasks in {len(ls)} lanes ({p}), "
+              f"{len(before)} records in the store, engine {engine}", flush=True)
+        r = run_engine(ls, profile, engine, workers, cluster, log_dir, dataset=ds)
+        for k in res:
+            res[k] += r[k]
     after = record_files(profile)
     new = after - before
     rc = 0

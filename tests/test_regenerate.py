@@ -33,9 +33,11 @@ def test_regenerate_refuses_a_missing_plan_and_bad_tasks(tmp_path):
 
 def test_every_profile_plan_is_valid():
     from ngf_lib import runner
+    assert [ds for _, ds in book.dataset_plans("cpu")] == ["cifar10", "gtsrb"]
     for profile in ("smoke", "cpu", "gpu"):
-        lanes = runner.read_lanes(book.plan_path(profile))
-        assert lanes
-        for lane in lanes:
-            for task in lane:
-                runner.check_task(task)
+        for path, _ in book.dataset_plans(profile):
+            lanes = runner.read_lanes(path)
+            assert lanes
+            for lane in lanes:
+                for task in lane:
+                    runner.check_task(task)
