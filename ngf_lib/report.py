@@ -133,3 +133,32 @@ def plot_triggers(x: torch.Tensor, attack_list, *, titles=None, amplify: float =
             show(axes[i, 2 + 2 * j], res, f"|residual| x{amplify:g}" if i == 0 else None)
     fig.tight_layout()
     return fig
+
+
+def plot_trigger_gallery(x: torch.Tensor, attack_list, *, titles=None, amplify: float = 5.0):
+    """Figure: one row per attack; for each clean image of ``x`` (uint8 ``(n, 3, H, W)``) a column pair — the
+    triggered image and the amplified residual ``|x' - x| * amplify`` — after a first column of clean images.
+
+    For a gallery of many attacks (the attack-gallery chapter); :func:`plot_triggers` puts attacks in columns.
+    """
+    import matplotlib.pyplot as plt
+    n, k = len(x), len(attack_list)
+    titles = titles or [a.name for a in attack_list]
+    fig, axes = plt.subplots(k, 1 + 2 * n, figsize=(1.5 * (1 + 2 * n), 1.55 * k), squeeze=False)
+    for i, atk in enumerate(attack_list):
+        xt = atk.apply(x)
+        axes[i, 0].imshow(x[0].permute(1, 2, 0).numpy())
+        axes[i, 0].set_ylabel(titles[i], fontsize=8, rotation=0, ha="right", va="center")
+        for j in range(n):
+            res = ((xt[j].float() - x[j].float()).abs() * amplify).clamp(0, 255).to(torch.uint8)
+            axes[i, 1 + 2 * j].imshow(xt[j].permute(1, 2, 0).numpy())
+            axes[i, 2 + 2 * j].imshow(res.permute(1, 2, 0).numpy())
+            if i == 0:
+                axes[i, 1 + 2 * j].set_title(f"triggered {j + 1}", fontsize=8)
+                axes[i, 2 + 2 * j].set_title(f"|residual| x{amplify:g}", fontsize=8)
+        if i == 0:
+            axes[i, 0].set_title("clean 1", fontsize=8)
+        for ax in axes[i]:
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig

@@ -53,3 +53,22 @@ def test_paper_tables_agree_where_they_overlap():
     for a in ("badnets", "blend", "troj-one", "dyn-one", "clb", "sig", "cba"):
         assert pv.TABLE5["ft"][a] == pv.table2(a, "ft")
     assert set(pv.TABLE7) == {"badnets", "blend", "troj-one"} and set(pv.TABLE7["blend"]) == {0.25, 0.35, 0.5}
+
+
+def test_trigger_gallery_shows_each_attacks_own_triggered_image_and_residual():
+    import matplotlib
+    matplotlib.use("Agg")
+    import numpy as np
+    import torch
+    from ngf_lib import attacks, report
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    atks = [attacks.get("badnets", 10), attacks.get("blend", 10)]
+    fig = report.plot_trigger_gallery(x, atks, amplify=4)
+    grid = np.array(fig.axes).reshape(2, 5)
+    for i, atk in enumerate(atks):
+        xt = atk.apply(x)
+        shown = grid[i, 3].get_images()[0].get_array()                 # second image, triggered
+        assert np.array_equal(np.asarray(shown), xt[1].permute(1, 2, 0).numpy())
+        res = np.asarray(grid[i, 4].get_images()[0].get_array()).astype(int)
+        assert np.array_equal(res, ((xt[1].int() - x[1].int()).abs() * 4).clamp(0, 255).permute(1, 2, 0).numpy())
+    assert grid[1, 0].get_ylabel() == "blend"
