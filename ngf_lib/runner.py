@@ -3,7 +3,7 @@
 A *task* is a short string; a *lane* is a list of tasks that one worker runs in order (a lane starts with the model
 its defenses need, so no two workers ever train the same model):
 
-* ``model:ATTACK``                      train (or load) the model, write its no-defense record
+* ``model:ATTACK[:poison_rate=r]``      train (or load) the model, write its no-defense record
 * ``defense:ATTACK:DEFENSE[:k=v,...]``  :func:`ngf_lib.experiments.defended_record` (``val_size=0.05`` and the
   like go after the last colon)
 * ``curv:ATTACK:DEFENSE[:density]``      :func:`ngf_lib.curvature.curvature_record` (``DEFENSE`` may be ``none``)
@@ -44,11 +44,13 @@ def parse_task(task: str) -> tuple[str, str, str, dict]:
     kind = parts[0]
     if kind == "model" and len(parts) == 2:
         return kind, parts[1], "none", {}
+    if kind == "model" and len(parts) == 3:           # model:ATTACK:poison_rate=0.25
+        parts = [kind, parts[1], "none", parts[2]]
     if kind == "plan" and len(parts) == 3:
         return kind, parts[1], parts[2], {}
     if kind == "traj" and len(parts) in (2, 3):
         parts = [kind, parts[1], "none"] + parts[2:]
-    if kind in ("defense", "curv", "traj") and len(parts) in (3, 4):
+    if kind in ("model", "defense", "curv", "traj") and len(parts) in (3, 4):
         opts = {}
         if len(parts) == 4 and parts[3]:
             for item in parts[3].split(","):
@@ -94,7 +96,7 @@ def run_task(task: str, profile: str, dataset: str = "cifar10", seed: int = 0) -
     kind, attack, defense, opts = parse_task(task)
     attack, seed = split_seed(attack, seed)
     if kind == "model":
-        return zoo.get_record(dataset, attack, profile, seed, progress=False)
+        return zoo.get_record(dataset, attack, profile, seed, progress=False, **opts)
     if kind == "plan":
         rows = experiments.run_plan(defense, [attack], [seed], dataset, profile, progress=True)
         return {"acc": rows[-1]["acc"], "asr": rows[-1]["asr"]}

@@ -14,6 +14,8 @@ def test_task_strings_parse_to_kind_attack_defense_and_options():
     assert runner.parse_task("plan:badnets:table3") == ("plan", "badnets", "table3", {})
     assert runner.parse_task("traj:none:every=3") == ("traj", "none", "none", {"every": 3})
     assert runner.parse_task("traj:blend") == ("traj", "blend", "none", {})
+    assert runner.parse_task("model:blend@1:poison_rate=0.25") == ("model", "blend@1", "none", {"poison_rate": 0.25})
+    assert runner.split_seed("blend@1", 0) == ("blend", 1) and runner.split_seed("blend", 3) == ("blend", 3)
 
 
 @pytest.mark.parametrize("task, message", [
