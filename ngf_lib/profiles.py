@@ -15,7 +15,10 @@
   ========  =========  =========  ===============
 
   (the benign model sends 1.7 % of BadNets- and 1.9 % of Blend-triggered images to the target.)
-* ``gpu``: the paper's architecture (PreActResNet18 on CIFAR-10) with a short schedule, for one GPU (Colab included).
+* ``gpu``: the paper's architecture (PreActResNet18 on CIFAR-10) with a short schedule, for one GPU (Colab included):
+  20 epochs of batch 512, peak lr 0.1 (0.2 diverged at epoch 3 for 6 of 7 models). Measured on one H200 shared by
+  four jobs (``results/gpu/cifar10/``, seed 0): benign ACC 88.97; BadNets 88.03 / ASR 96.08, Blend 88.37 / 100.00,
+  Troj-one 88.15 / 98.53, SIG 80.40 / 93.40; about 80 s of training per model.
 * ``paper``: the paper's settings (Section VII-A): PreActResNet18 / WideResNet-16-1, 250 epochs, initial lr 0.01,
   SGD momentum 0.9, weight decay 5e-4, batch 128 (cosine decay: the paper gives no schedule; BackdoorBench's).
 
