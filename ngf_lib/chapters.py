@@ -81,7 +81,18 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="chapter names (without .ipynb) to run")
     p.add_argument("--out", default=None, help="output folder (default: book/chapters)")
     p.add_argument("--notebooks", default=None, help="folder of chapter sources (default: notebooks/)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                   help="override a parameter of the chapters, e.g. --param 'seeds=[0, 1]' (repeatable)")
     a = p.parse_args(argv)
+    extra = {}
+    for item in a.param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            p.error(f"--param wants NAME=JSON, got {item!r}")
+        try:
+            extra[name] = json.loads(value)
+        except json.JSONDecodeError:
+            p.error(f"--param {name}: {value!r} is not JSON (strings need quotes: {name}='\"text\"')")
     from .profiles import get_profile
     get_profile(a.profile)  # a clear error for an unknown profile, before any work
     root = paths.repo_root() or Path.cwd()
@@ -97,7 +108,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         print(f"[{a.profile}] {src.name} ...", flush=True)
         try:
-            dst = execute(src, out, a.profile)
+            dst = execute(src, out, a.profile, extra)
             print(f"[{a.profile}] {src.name} done in {time.time() - t0:.0f} s -> {dst}", flush=True)
         except Exception as e:  # keep going: other chapters may still succeed
             failed.append(src.name)

@@ -76,3 +76,19 @@ def test_failed_chapter_never_replaces_a_good_one(tmp_path):
     assert rc == 1
     assert (out / "01_bad.ipynb").read_text() == "GOOD"
     assert (out / ".tmp" / "01_bad.ipynb").is_file()
+
+
+def test_chapter_parameters_can_be_overridden_from_the_command_line(tmp_path):
+    import nbformat
+    src_dir, out = tmp_path / "src", tmp_path / "out"
+    src_dir.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("profile = 'x'\nseeds = [0]"),
+                                         nbformat.v4.new_code_cell("assert seeds == [0, 1], seeds")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, src_dir / "01_p.ipynb")
+    args = ["--profile", "smoke", "--out", str(out), "--notebooks", str(src_dir)]
+    assert chapters.main(args) == 1                                   # the default fails the assertion
+    assert chapters.main(args + ["--param", "seeds=[0, 1]"]) == 0
+    with pytest.raises(SystemExit):
+        chapters.main(args + ["--param", "seeds"])
