@@ -160,6 +160,17 @@ class HessianOperator:
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient of the loss at the model (detached). Free for one batch (the products' graph holds it);
+        over several batches it costs one gradient pass per batch and is not counted in ``n_hvp``."""
+        parts = [self._graph] if self._graph is not None else [self._gradient(i) for i in range(len(self.batches))]
+        total = None
+        for grads in parts:
+            flat = torch.cat([torch.zeros(p.numel(), device=self.device, dtype=self.dtype) if g is None
+                              else g.detach().reshape(-1) for g, p in zip(grads, self.params)])
+            total = flat if total is None else total + flat
+        return total
+
     def _hvp(self, grads, vs):
         keep = [i for i, g in enumerate(grads) if g is not None]
         if not keep:
@@ -249,6 +260,12 @@ def _tridiagonal(alphas, betas) -> torch.Tensor:
     return T
 
 
+def _broke_down(alphas, betas, dtype) -> bool:
+    """Whether a :func:`_lanczos` run ended on an invariant Krylov space (its last ``beta`` at rounding level)."""
+    scale = max(max(abs(a) for a in alphas), max(betas))
+    return betas[-1] <= 100 * torch.finfo(dtype).eps * scale
+
+
 def _lanczos(matvec, v0: torch.Tensor, n_iter: int, stop=None):
     """Lanczos with full reorthogonalisation (classical Gram-Schmidt, twice) from ``v0``.
 
@@ -291,7 +308,7 @@ def _ritz(alphas, betas):
 
 def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4, max_iter: int = 200,
                params=None, loss_fn=None, train_mode: bool = False, seed: int = 0, return_info: bool = False,
-               stop: str = "residual"):
+               stop: str = "residual", start: str = "gradient"):
     """The largest eigenvalue ``lambda_max`` of the loss Hessian (paper Section V, Fig. 1, Table I, Fig. 2a, c).
 
     Lanczos with full reorthogonalisation from a seeded Rademacher vector; stops when each of the ``top_k`` largest
@@ -303,6 +320,15 @@ def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4
     unresolved). Where ``lambda_max`` is well separated, as in trained networks, it needs markedly fewer products
     for the same true accuracy (``benchmarks/hessian_speed.py`` measures it); the residual rule stays the default,
     the one every curvature record uses.
+    ``start="gradient"`` (default) starts Lanczos from the loss gradient, ``start="random"`` from a seeded Rademacher
+    vector, as PyHessian does. If the gradient spans an invariant subspace (Lanczos breaks down early: the gradient
+    is a combination of a few eigenvectors, and the top one may not be among them) it starts again from the random
+    vector. At
+    a trained network the gradient lies mostly in the top eigenspace of the Hessian (Gur-Ari et al., 2018, "Gradient
+    descent happens in a tiny subspace"), so the top Ritz value converges in fewer products: measured on the cpu
+    profile's benign, BadNets and Blend models (two batches of 128 images each), 1e-3 true accuracy after 3-5
+    products instead of 6-8. The gradient costs nothing for one batch (the products' graph holds it); a zero or
+    non-finite gradient falls back to the random start.
     "Largest" is algebraic (the most positive), as in the paper; PyHessian's power iteration returns the largest in
     magnitude, the same number at a minimum. The model is evaluated in eval mode unless ``train_mode=True``.
 
@@ -323,6 +349,8 @@ def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4
         raise ValueError(f"tol must be positive, got {tol}")
     if stop not in ("residual", "gap"):
         raise ValueError(f"stop must be 'residual' or 'gap', got {stop!r}")
+    if start not in ("gradient", "random"):
+        raise ValueError(f"start must be 'gradient' or 'random', got {start!r}")
 
     def error_bounds(theta, res):
         """Per Ritz value: the residual (certified bound) or residual^2 / gap to its nearest other Ritz value."""
@@ -342,7 +370,17 @@ def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4
     with hessian_operator(model, x, y, params=params, loss_fn=loss_fn, train_mode=train_mode, seed=seed) as H:
         if top_k > H.dim:
             raise ValueError(f"top_k={top_k} exceeds the number of parameters ({H.dim})")
-        alphas, betas, _ = _lanczos(H.matvec, _rademacher(H.dim, gen, H), max(max_iter, top_k), stop=converged)
+        n_iter = max(max_iter, top_k)
+        v0 = _rademacher(H.dim, gen, H)
+        g = H.gradient() if start == "gradient" else None
+        if g is not None and math.isfinite(float(g.norm())) and float(g.norm()) > 0:
+            alphas, betas, _ = _lanczos(H.matvec, g, n_iter, stop=converged)
+            if _broke_down(alphas, betas, g.dtype) and len(alphas) < H.dim:
+                # the gradient spans an invariant subspace (it is a combination of a few eigenvectors): the top
+                # eigenvalue may lie outside it, so start again from the random vector
+                alphas, betas, _ = _lanczos(H.matvec, v0, n_iter, stop=converged)
+        else:
+            alphas, betas, _ = _lanczos(H.matvec, v0, n_iter, stop=converged)
         n_hvp = H.n_hvp
     theta, res = _ritz(alphas, betas)
     values = theta.flip(0)[:top_k].tolist()

@@ -145,6 +145,78 @@ def test_lambda_max_matches_exact(problem, request):
 
 
 @pytest.mark.parametrize("problem", ["mlp_problem", "cnn_problem"])
+def test_gradient_and_random_starts_reach_the_same_exact_value(problem, request):
+    """Both starting vectors converge to the exact lambda_max; the gradient start is the default."""
+    model, x, y, H, ev = request.getfixturevalue(problem)
+    grad = hs.lambda_max(model, x, y, tol=1e-6, start="gradient", return_info=True)
+    rand = hs.lambda_max(model, x, y, tol=1e-6, start="random", return_info=True)
+    for info in (grad, rand):
+        assert info.converged and rel(info.value, ev[-1].item()) < 1e-6
+    assert hs.lambda_max(model, x, y, tol=1e-6) == grad.value
+    with pytest.raises(ValueError, match="start must be"):
+        hs.lambda_max(model, x, y, start="gradients")
+
+
+def test_gradient_start_needs_fewer_products_where_the_gradient_is_in_the_top_eigenspace():
+    """A quadratic loss 1/2 (w - w*)^T A (w - w*) whose displacement w - w* lies mostly along A's top eigenvector (as
+    a trained network's gradient lies mostly in its top eigenspace): Lanczos from the gradient certifies lambda_max
+    to 1e-2 in at most 2 products; from a random vector, on a spectrum without a gap, it needs more."""
+    torch.manual_seed(0)
+    d = 40
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    a = q @ torch.diag(torch.linspace(1.0, 2.0, d, dtype=torch.float64)) @ q.T
+    w_star = torch.randn(d, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).to(torch.float64)
+    with torch.no_grad():
+        model.weight.copy_((w_star + q[:, -1] + 0.002 * torch.randn(d, dtype=torch.float64)).unsqueeze(0))
+
+    def quad(out, yy):                                   # the loss ignores the data: only the weight matters
+        delta = model.weight.view(-1) - w_star
+        return 0.5 * delta @ a @ delta + 0 * out.sum()
+
+    x, y = torch.zeros(2, d, dtype=torch.float64), torch.zeros(2)
+    grad = hs.lambda_max(model, x, y, loss_fn=quad, tol=1e-2, return_info=True)
+    rand = hs.lambda_max(model, x, y, loss_fn=quad, tol=1e-2, start="random", return_info=True)
+    assert grad.converged and rand.converged
+    assert rel(grad.value, 2.0) < 1e-2 and rel(rand.value, 2.0) < 1e-2
+    assert grad.n_hvp <= 2 < rand.n_hvp
+
+
+def test_gradient_in_an_invariant_subspace_without_the_top_eigenvector_restarts_at_random():
+    """The displacement along the two *smallest* eigenvectors: the gradient's Krylov space is invariant after two
+    steps and holds neither large eigenvalue; the restart from a random vector still finds lambda_max = 2."""
+    torch.manual_seed(0)
+    d = 12
+    q, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    a = q @ torch.diag(torch.linspace(1.0, 2.0, d, dtype=torch.float64)) @ q.T
+    model = nn.Linear(d, 1, bias=False).to(torch.float64)
+    with torch.no_grad():
+        model.weight.copy_((q[:, 0] + q[:, 1]).unsqueeze(0))
+
+    def quad(out, yy):
+        w = model.weight.view(-1)
+        return 0.5 * w @ a @ w + 0 * out.sum()
+
+    got = hs.lambda_max(model, torch.zeros(2, d, dtype=torch.float64), torch.zeros(2), loss_fn=quad, tol=1e-8,
+                        max_iter=d, return_info=True)
+    assert got.converged and rel(got.value, 2.0) < 1e-8
+    assert got.n_hvp > 2                                 # the two wasted steps from the gradient, then the restart
+
+
+def test_zero_gradient_falls_back_to_the_random_start():
+    """At a stationary point the gradient is zero; lambda_max must still find the top eigenvalue (2 x the largest
+    eigenvalue of X^T X / n for the loss mean(out^2) of a zero linear map)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    model = nn.Linear(5, 1, bias=False).to(torch.float64)
+    with torch.no_grad():
+        model.weight.zero_()
+    exact = 2 * torch.linalg.eigvalsh(x.T @ x / 30)[-1].item()
+    got = hs.lambda_max(model, x, torch.zeros(30), loss_fn=lambda o, yy: o.pow(2).mean(), tol=1e-8)
+    assert rel(got, exact) < 1e-6
+
+
+@pytest.mark.parametrize("problem", ["mlp_problem", "cnn_problem"])
 def test_lambda_max_gap_rule_is_as_accurate_with_no_more_products(problem, request):
     """The residual^2 / gap stopping rule: the true error stays within tol, and it never needs more products than
     the certified residual rule at the same tol."""
