@@ -111,9 +111,11 @@ def evaluate(model, atk: attacks.Attack, data: ExperimentData, device=None) -> d
 
 
 def resolve(dataset, attack, profile, seed, poison_rate, attack_params):
-    """(profile, attack, model config, model key) of a model, without loading or training anything."""
+    """(profile, attack, model config, model key) of a model, without loading or training anything. The profile's
+    parameters for this attack (:meth:`Profile.attack_defaults`) apply unless ``attack_params`` sets them."""
     prof = get_profile(profile)
-    atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **attack_params)
+    params = {**prof.attack_defaults(attack), **(attack_params or {})}
+    atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **params)
     cfg = model_config(dataset, atk, prof, seed)
     return prof, atk, cfg, results.config_key(cfg)
 

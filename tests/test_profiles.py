@@ -37,3 +37,16 @@ def test_train_rejects_mismatched_or_float_data():
         train(m, x, torch.zeros(3, dtype=torch.long), TrainConfig(epochs=1))
     with pytest.raises(ValueError, match="uint8"):
         train(m, x.float(), torch.zeros(4, dtype=torch.long), TrainConfig(epochs=1))
+
+
+def test_profile_attack_defaults_apply_unless_the_caller_sets_them():
+    """The cpu profile shortens the Input-aware mask pre-training; the model key follows the parameters actually
+    used, and other attacks and profiles are unchanged."""
+    from ngf_lib import zoo
+    _, atk, cfg, key = zoo.resolve("cifar10", "dyn-one", "cpu", 0, None, {})
+    assert atk.mask_epochs == 10 and cfg["attack"]["mask_epochs"] == 10
+    _, atk25, _, key25 = zoo.resolve("cifar10", "dyn-one", "cpu", 0, None, {"mask_epochs": 25})
+    assert atk25.mask_epochs == 25 and key25 != key
+    _, atk_gpu, _, _ = zoo.resolve("cifar10", "dyn-one", "gpu", 0, None, {})
+    assert atk_gpu.mask_epochs == 25
+    assert get_profile("cpu").attack_defaults("badnets") == {}
