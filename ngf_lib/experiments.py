@@ -55,11 +55,13 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     """The record of ``defense`` applied to the backdoored model (dataset, attack, profile, seed).
 
     Read from the results store if present; otherwise the model is loaded (or trained), the defense runs on the
-    clean validation split, and the purified model is evaluated and recorded. ``defense_cfg`` goes to the defense.
+    clean validation split, and the purified model is evaluated and recorded. ``defense_cfg`` goes to the defense,
+    over the profile's defaults for it (:meth:`ngf_lib.profiles.Profile.defense_defaults`: only ``smoke`` has any).
     ``compute=False``: only read the store (``None`` when the record is missing), e.g. to show a GPU profile's
     records on a CPU machine.
     """
     prof = get_profile(profile)
+    defense_cfg = {**prof.defense_defaults(defense), **defense_cfg}
     defend, full_cfg = resolve_defense(dataset, defense, defense_cfg)
     attack_params = attack_params or {}
     _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)

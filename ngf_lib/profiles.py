@@ -47,10 +47,15 @@ class Profile:
     seeds: tuple = (0,)
     note: str = ""
     attack_params: dict = field(default_factory=dict)   # attack name -> parameters this profile changes
+    defense_params: dict = field(default_factory=dict)  # defense name -> parameters this profile changes
 
     def attack_defaults(self, attack: str) -> dict:
         """The parameters this profile gives ``attack`` unless the caller sets them (``{}`` for most attacks)."""
         return dict(self.attack_params.get(attack, {}))
+
+    def defense_defaults(self, defense: str) -> dict:
+        """The parameters this profile gives ``defense`` unless the caller sets them (``{}`` outside ``smoke``)."""
+        return dict(self.defense_params.get(defense, {}))
 
     def arch(self, dataset: str) -> str:
         try:
@@ -72,7 +77,12 @@ PROFILES = {
         "smoke", {"cifar10": "cpu_net", "gtsrb": "cpu_net"},
         TrainConfig(epochs=3, batch_size=128, lr=0.05, **_FAST),
         train_subset=3000, test_subset=1000,
-        note="minutes on CPU; proves the pipeline runs, numbers are not meaningful"),
+        note="minutes on CPU; proves the pipeline runs, numbers are not meaningful; the all-layer defenses run "
+             "a tenth of their epochs or iterations",
+        defense_params={"ft": {"epochs": 10}, "ft-backbone": {"epochs": 10}, "sam-all": {"epochs": 10},
+                        "fp": {"epochs": 10}, "anp": {"iters": 100}, "awm": {"epochs": 2},
+                        "mcr": {"endpoint_epochs": 10, "epochs": 10}, "nad": {"teacher_epochs": 2, "epochs": 2},
+                        "i-bau": {"rounds": 1}}),
     "cpu": Profile(
         "cpu", {"cifar10": "cpu_net", "gtsrb": "cpu_net"},
         TrainConfig(epochs=12, batch_size=128, lr=0.1, **_FAST),

@@ -50,3 +50,14 @@ def test_profile_attack_defaults_apply_unless_the_caller_sets_them():
     _, atk_gpu, _, _ = zoo.resolve("cifar10", "dyn-one", "gpu", 0, None, {})
     assert atk_gpu.mask_epochs == 25
     assert get_profile("cpu").attack_defaults("badnets") == {}
+
+
+def test_smoke_profile_shortens_the_all_layer_defenses_and_the_caller_still_wins():
+    """The smoke profile's defense defaults reach the defense and its record; an explicit setting overrides them;
+    the cpu profile has none (its records use each defense's documented defaults)."""
+    from ngf_lib import experiments
+    assert get_profile("cpu").defense_params == {} and get_profile("smoke").defense_defaults("anp")["iters"] < 2000
+    rec = experiments.defended_record("cifar10", "badnets", "ft", "smoke", progress=False)
+    assert rec["config"]["defense_config"]["epochs"] == 10
+    rec3 = experiments.defended_record("cifar10", "badnets", "ft", "smoke", progress=False, epochs=3)
+    assert rec3["config"]["defense_config"]["epochs"] == 3 and rec3["key"] != rec["key"]
