@@ -106,7 +106,8 @@ def trajectory_record(dataset: str = "cifar10", attack: str = "badnets", profile
 
     The model is trained again with the zoo's recipe for this configuration, with a hook
     (:func:`ngf_lib.train.train`'s ``on_epoch``) that measures, in eval mode, ``lambda_max`` on the same clean batch
-    as :func:`curvature_record` and ACC/ASR on the first ``eval_images`` test images. The hook forks the random state,
+    as :func:`curvature_record` and ACC/ASR on ``eval_images`` test images (a seeded random subset; version 1 took the
+    first ones, which are only two classes since the test sets are stored sorted by class). The hook forks the random state,
     so the run is the zoo's run (the final ACC/ASR equal the model's record up to the evaluation subset). Records of
     kind ``"trajectory"`` (``results/<profile>/<dataset>/trajectory/``) with lists ``epoch``, ``lambda_max``,
     ``acc``, ``asr``; their ``acc``/``asr`` fields are the last point's.
@@ -120,7 +121,7 @@ def trajectory_record(dataset: str = "cifar10", attack: str = "badnets", profile
     prof = get_profile(profile)
     attack_params = attack_params or {}
     _, atk, model_cfg, model_key = zoo.resolve(dataset, attack, prof, seed, poison_rate, attack_params)
-    cfg = {"kind": TRAJECTORY, "version": 1, "model": model_cfg, "model_key": model_key, "every": every,
+    cfg = {"kind": TRAJECTORY, "version": 2, "model": model_cfg, "model_key": model_key, "every": every,
            "n_images": n_images, "batch_seed": batch_seed, "tol": tol, "eval_images": eval_images}
     key = results.config_key(cfg)
     rec = results.find_record(prof.name, dataset, key, kind=TRAJECTORY)
@@ -131,7 +132,9 @@ def trajectory_record(dataset: str = "cifar10", attack: str = "badnets", profile
     data = zoo.experiment_data(dataset, prof, data_dir)
     xb, yb = clean_batch(data, n_images, batch_seed)
     xb, yb = xb.to(dev), yb.to(dev)
-    x_ev, y_ev = data.x_test[:eval_images], data.y_test[:eval_images]
+    # a seeded random subset: the test sets are stored sorted by class (CIFAR-10's first 2 000 are airplanes and cars)
+    ev_idx = torch.randperm(len(data.y_test), generator=torch.Generator().manual_seed(3))[:eval_images].sort().values
+    x_ev, y_ev = data.x_test[ev_idx], data.y_test[ev_idx]
     points = {"epoch": [], "lambda_max": [], "lambda_max_residual": [], "acc": [], "asr": []}
     t0 = time.time()
     atk.prepare(data.x_train, data.y_train, device=dev)

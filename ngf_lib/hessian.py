@@ -308,7 +308,7 @@ def _ritz(alphas, betas):
 
 def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4, max_iter: int = 200,
                params=None, loss_fn=None, train_mode: bool = False, seed: int = 0, return_info: bool = False,
-               stop: str = "residual", start: str = "gradient"):
+               stop: str = "residual", start: str = "random"):
     """The largest eigenvalue ``lambda_max`` of the loss Hessian (paper Section V, Fig. 1, Table I, Fig. 2a, c).
 
     Lanczos with full reorthogonalisation from a seeded Rademacher vector; stops when each of the ``top_k`` largest
@@ -320,15 +320,14 @@ def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4
     unresolved). Where ``lambda_max`` is well separated, as in trained networks, it needs markedly fewer products
     for the same true accuracy (``benchmarks/hessian_speed.py`` measures it); the residual rule stays the default,
     the one every curvature record uses.
-    ``start="gradient"`` (default) starts Lanczos from the loss gradient, ``start="random"`` from a seeded Rademacher
-    vector, as PyHessian does. If the gradient spans an invariant subspace (Lanczos breaks down early: the gradient
-    is a combination of a few eigenvectors, and the top one may not be among them) it starts again from the random
-    vector. At
-    a trained network the gradient lies mostly in the top eigenspace of the Hessian (Gur-Ari et al., 2018, "Gradient
-    descent happens in a tiny subspace"), so the top Ritz value converges in fewer products: measured on the cpu
-    profile's benign, BadNets and Blend models (two batches of 128 images each), 1e-3 true accuracy after 3-5
-    products instead of 6-8. The gradient costs nothing for one batch (the products' graph holds it); a zero or
-    non-finite gradient falls back to the random start.
+    ``start="random"`` (default) starts Lanczos from a seeded Rademacher vector, as PyHessian's power iteration
+    does; ``start="gradient"`` from the loss gradient (free for one batch: the products' graph holds it), which at a
+    trained network lies mostly in the top eigenspace. If the gradient spans an invariant subspace (Lanczos breaks
+    down early: the top eigenvector may not be in it) it starts again from the random vector; a zero or non-finite
+    gradient falls back to it. Measured on the cpu profile's benign, BadNets and Blend models (two random batches of
+    128 training images each, products to 1e-3 true accuracy): 39 from the gradient, 41 from random vectors in all,
+    no gain; on single-class batches (the first 128 images of the class-sorted training set) the gradient start
+    needed 3-5 products instead of 6-8, so it helps only where the batch's gradient is dominated by a few directions.
     "Largest" is algebraic (the most positive), as in the paper; PyHessian's power iteration returns the largest in
     magnitude, the same number at a minimum. The model is evaluated in eval mode unless ``train_mode=True``.
 
