@@ -209,7 +209,9 @@ def _find_source(name: str, data_dir, download: bool):
 
 def load_dataset(name: str = "cifar10", data_dir=None, *, download: bool = False, cache: bool = True) -> Dataset:
     """Load ``cifar10`` or ``gtsrb`` (``(N, 3, 32, 32)``) or ``tiny-imagenet`` (``(N, 3, 64, 64)``, from its own
-    folder layout) as uint8 tensors with int64 labels.
+    folder layout) as uint8 tensors with int64 labels, in the stored order. The project's copies of CIFAR-10 (train
+    and test) and GTSRB (train) are **sorted by class**: draw seeded random subsets (as
+    :func:`ngf_lib.zoo.experiment_data` does), never the first ``n`` images.
 
     >>> ds = load_dataset("cifar10")            # doctest: +SKIP
     >>> ds.x_train.shape, ds.x_train.dtype      # doctest: +SKIP
@@ -217,8 +219,9 @@ def load_dataset(name: str = "cifar10", data_dir=None, *, download: bool = False
     """
     info = dataset_info(name)
     if name == "imagenet":
-        raise DataError("imagenet is too large to hold in memory as one tensor and needs a loader that streams from "
-                        "disk (not yet implemented); this function handles cifar10, gtsrb and tiny-imagenet")
+        raise DataError("imagenet is too large to hold in memory as one tensor: stream it from its folder with "
+                        "ngf_lib.stream (train_stream, evaluate_stream); this function handles cifar10, gtsrb and "
+                        "tiny-imagenet")
     kind, src = _find_source(name, data_dir, download)
     if kind == "download":
         src.mkdir(parents=True, exist_ok=True)
