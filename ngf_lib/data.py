@@ -219,9 +219,8 @@ def load_dataset(name: str = "cifar10", data_dir=None, *, download: bool = False
     """
     info = dataset_info(name)
     if name == "imagenet":
-        raise DataError("imagenet is too large to hold in memory as one tensor: stream it from its folder with "
-                        "ngf_lib.stream (train_stream, evaluate_stream); this function handles cifar10, gtsrb and "
-                        "tiny-imagenet")
+        raise DataError("imagenet is too large to hold in memory as one tensor: use ngf_lib.stream, which streams from "
+                        "disk (train_stream, evaluate_stream); this function handles cifar10, gtsrb and tiny-imagenet")
     kind, src = _find_source(name, data_dir, download)
     if kind == "download":
         src.mkdir(parents=True, exist_ok=True)
