@@ -278,7 +278,6 @@ def _lanczos(matvec, v0: torch.Tensor, n_iter: int, stop=None):
     V = v0.new_empty(min(n_iter, 32), P)              # the basis grows by doubling
     v = v0 / v0.norm()
     alphas, betas = [], []
-    eps, scale = torch.finfo(v0.dtype).eps, 0.0
     for j in range(n_iter):
         if j == V.shape[0]:
             V = torch.cat([V, V.new_empty(min(V.shape[0], n_iter - j), P)])
@@ -291,8 +290,7 @@ def _lanczos(matvec, v0: torch.Tensor, n_iter: int, stop=None):
         beta = float(w.norm())
         alphas.append(alpha)
         betas.append(beta)
-        scale = max(scale, abs(alpha), beta)
-        if beta <= 100 * eps * scale or (stop is not None and stop(alphas, betas)):
+        if _broke_down(alphas, betas, v0.dtype) or (stop is not None and stop(alphas, betas)):
             break
         v = w / beta
     return alphas, betas, V[:len(alphas)]
@@ -372,7 +370,8 @@ def lambda_max(model: nn.Module, x, y=None, *, top_k: int = 1, tol: float = 1e-4
         n_iter = max(max_iter, top_k)
         v0 = _rademacher(H.dim, gen, H)
         g = H.gradient() if start == "gradient" else None
-        if g is not None and math.isfinite(float(g.norm())) and float(g.norm()) > 0:
+        gn = float(g.norm()) if g is not None else 0.0
+        if math.isfinite(gn) and gn > 0:
             alphas, betas, _ = _lanczos(H.matvec, g, n_iter, stop=converged)
             if _broke_down(alphas, betas, g.dtype) and len(alphas) < H.dim:
                 # the gradient spans an invariant subspace (it is a combination of a few eigenvectors): the top
