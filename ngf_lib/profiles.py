@@ -80,6 +80,7 @@ PROFILES = {
         note="minutes on CPU; proves the pipeline runs, numbers are not meaningful; the all-layer defenses run "
              "a tenth of their epochs or iterations",
         defense_params={"ft": {"epochs": 10}, "ft-backbone": {"epochs": 10}, "sam-all": {"epochs": 10},
+                        "ngf-all": {"epochs": 10},
                         "fp": {"epochs": 10}, "anp": {"iters": 100}, "awm": {"epochs": 2},
                         "mcr": {"endpoint_epochs": 10, "epochs": 10}, "nad": {"teacher_epochs": 2, "epochs": 2},
                         "i-bau": {"rounds": 1}}),

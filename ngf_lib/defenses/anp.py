@@ -27,7 +27,10 @@ channels and leaves 10 % accuracy, and a defender sees it on the validation spli
 validation-chosen threshold 0.75 prunes 111 channels at 78 % validation accuracy (86 % before) and ASR fell from 91 %
 to 2 % (on the first 2 000 test images, which are airplanes and cars only: indicative; the ``anp-variants`` records
 measure the whole test set); ``eps = 0.2`` chose threshold 0 (ASR 91 %). ``eps`` is the reference's default here;
-``experiments.PLANS["anp-variants"]`` runs ``eps = 0.1`` with the validation rule. On the 60 %-accurate test model
+``experiments.PLANS["anp-variants"]`` runs ``eps = 0.1`` with the validation rule: its record (2 000 steps, whole
+test set) chose threshold 0.65, pruned 109 channels at 79 % validation accuracy, and left ASR 3.8 % (95.7 % before),
+ACC 76.1 % (83.6 % before). ``eps = 0.1`` was picked in the 400-step experiment above, which looked at test ASR; a
+rule that picks ``eps`` on the validation split alone is not implemented. On the 60 %-accurate test model
 (6 000 images, 8 epochs) no ``eps`` in 0.1-0.4 separated the backdoor: pruning the lowest-mask channels lowers
 clean accuracy before ASR.
 """
