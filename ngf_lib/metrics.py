@@ -38,3 +38,35 @@ def attack_success_rate(model, attack, x_test, y_test, **kw) -> float:
     """
     xt, yt = attack.asr_set(x_test, y_test)
     return accuracy(model, xt, yt, **kw)
+
+
+def per_class_accuracy(model, x, y, num_classes: int | None = None, **kw) -> torch.Tensor:
+    """Accuracy (percent) on the images of each true class: entry ``c`` is ACC over ``x[y == c]``, NaN where a
+    class has no image. Shows where a backdoor costs clean accuracy, e.g. a clean-label attack whose poison covers
+    the whole target class (the gallery chapter's diagnostics)."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    y = y.cpu()
+    c = int(num_classes if num_classes is not None else int(y.max()) + 1)
+    hit = (predict(model, x, **kw) == y).double()
+    n = torch.bincount(y, minlength=c).double()
+    s = torch.bincount(y, weights=hit, minlength=c)
+    return torch.where(n > 0, 100.0 * s / n.clamp(min=1), torch.full_like(n, float("nan")))
+
+
+def asr_by_source_class(model, attack, x_test, y_test, num_classes: int | None = None, **kw) -> torch.Tensor:
+    """ASR (percent) split by the true (source) class of the triggered test image; NaN for classes the ASR set
+    leaves out (the target class of an all-to-one attack). Its mean weighted by class size is
+    :func:`attack_success_rate`."""
+    xt, yt = attack.asr_set(x_test, y_test)
+    src = y_test.cpu()
+    if not attack.all_to_all:                               # all-to-one: the target-class images are left out
+        src = src[src != int(attack.target)]
+    if len(yt) != len(src):
+        raise ValueError(f"{attack.name}: its ASR set ({len(yt)} images) is not one triggered image per test image "
+                         f"({len(src)}), so it has no source class (CBA composes pairs of images)")
+    c = int(num_classes if num_classes is not None else int(y_test.max()) + 1)
+    hit = (predict(model, xt, **kw) == yt.cpu()).double()
+    n = torch.bincount(src, minlength=c).double()
+    s = torch.bincount(src, weights=hit, minlength=c)
+    return torch.where(n > 0, 100.0 * s / n.clamp(min=1), torch.full_like(n, float("nan")))
