@@ -50,6 +50,12 @@ def test_profile_attack_defaults_apply_unless_the_caller_sets_them():
     _, atk_gpu, _, _ = zoo.resolve("cifar10", "dyn-one", "gpu", 0, None, {})
     assert atk_gpu.mask_epochs == 25
     assert get_profile("cpu").attack_defaults("badnets") == {}
+    # CBA's contrastive weight is scaled for SGD on the cpu and gpu profiles; the paper profile keeps the reference's
+    for prof, w in (("cpu", 0.1), ("gpu", 0.1), ("paper", 1.0)):
+        _, cba, cfg_cba, _ = zoo.resolve("cifar10", "cba", prof, 0, None, {})
+        assert cba.contrast_weight == w and cfg_cba["attack"]["contrast_weight"] == w
+    _, cba1, _, key1 = zoo.resolve("cifar10", "cba", "cpu", 0, None, {"contrast_weight": 1.0})
+    assert cba1.contrast_weight == 1.0 and key1 != zoo.resolve("cifar10", "cba", "cpu", 0, None, {})[3]
 
 
 def test_smoke_profile_shortens_the_all_layer_defenses_and_the_caller_still_wins():
