@@ -3,7 +3,8 @@
 A *task* is a short string; a *lane* is a list of tasks that one worker runs in order (a lane starts with the model
 its defenses need, so no two workers ever train the same model):
 
-* ``model:ATTACK[:poison_rate=r]``      train (or load) the model, write its no-defense record
+* ``model:ATTACK[:k=v,...]``            train (or load) the model, write its no-defense record (``poison_rate=r``,
+  ``train_epochs=n``, or an attack parameter)
 * ``defense:ATTACK:DEFENSE[:k=v,...]``  :func:`ngf_lib.experiments.defended_record` (``val_size=0.05`` and the
   like go after the last colon)
 * ``curv:ATTACK:DEFENSE[:density]``      :func:`ngf_lib.curvature.curvature_record` (``DEFENSE`` may be ``none``)

@@ -11,6 +11,7 @@ Command line (for long runs in the background; prints the record)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -110,10 +111,18 @@ def evaluate(model, atk: attacks.Attack, data: ExperimentData, device=None) -> d
     return out
 
 
-def resolve(dataset, attack, profile, seed, poison_rate, attack_params):
+def resolve(dataset, attack, profile, seed, poison_rate, attack_params, train_epochs=None):
     """(profile, attack, model config, model key) of a model, without loading or training anything. The profile's
-    parameters for this attack (:meth:`Profile.attack_defaults`) apply unless ``attack_params`` sets them."""
+    parameters for this attack (:meth:`Profile.attack_defaults`) apply unless ``attack_params`` sets them.
+
+    ``train_epochs`` trains for that many epochs instead of the profile's (its schedule scales along): a separate
+    model with its own key, for testing whether an attack falls short of its ASR for lack of training (the gallery
+    chapter); the defense chapters use the profile's models."""
     prof = get_profile(profile)
+    if train_epochs is not None:
+        if isinstance(train_epochs, bool) or not isinstance(train_epochs, int) or train_epochs < 1:
+            raise ValueError(f"train_epochs must be a positive integer, got {train_epochs!r}")
+        prof = dataclasses.replace(prof, train=dataclasses.replace(prof.train, epochs=train_epochs))
     params = {**prof.attack_defaults(attack), **(attack_params or {})}
     atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **params)
     cfg = model_config(dataset, atk, prof, seed)
@@ -139,12 +148,13 @@ def _train_and_save(prof, atk, cfg, key, data, seed, device, progress):
 
 
 def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", seed: int = 0, poison_rate=None,
-              *, data_dir=None, device=None, progress: bool = True, **attack_params) -> Backdoored:
+              *, data_dir=None, device=None, progress: bool = True, train_epochs: int | None = None,
+              **attack_params) -> Backdoored:
     """The (backdoored) model for this configuration: cached weights if present, else trained now.
 
     Writes its record to the results store if missing (an existing record is kept: it is what the book shows).
     """
-    prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params)
+    prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params, train_epochs)
     commit = results.git_commit()          # the code that runs now (read before the run, not after it)
     data = experiment_data(dataset, prof, data_dir)
     path = paths.model_dir() / f"{key}.safetensors"
@@ -177,15 +187,15 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
 
 def get_record(dataset: str = "cifar10", attack: str = "none", profile="cpu", seed: int = 0, poison_rate=None,
                *, data_dir=None, device=None, progress: bool = True, compute: bool = True,
-               **attack_params) -> dict | None:
+               train_epochs: int | None = None, **attack_params) -> dict | None:
     """The record of this model: read from the results store, or computed now (training the model if needed);
     ``compute=False``: read only (``None`` when missing)."""
-    prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params)
+    prof, atk, cfg, key = resolve(dataset, attack, profile, seed, poison_rate, attack_params, train_epochs)
     rec = results.find_record(prof.name, dataset, key)
     if rec is not None or not compute:
         return rec
     return get_model(dataset, attack, profile, seed, poison_rate, data_dir=data_dir, device=device,
-                     progress=progress, **attack_params).record
+                     progress=progress, train_epochs=train_epochs, **attack_params).record
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
 """End-to-end on the smoke profile: a real (tiny) training run, the results store and the model cache."""
+import pytest
 import torch
 
 from ngf_lib import attacks, metrics, paths, results, zoo
@@ -60,3 +61,19 @@ def test_backdoor_really_flips_predictions(cifar):
         asr[name] = metrics.attack_success_rate(m, atk, xt, yt)
     assert asr["poisoned"] > 80.0, asr
     assert asr["clean"] < 30.0, asr
+
+
+def test_train_epochs_trains_a_separate_model_for_that_many_epochs():
+    prof, _, cfg, key = zoo.resolve("cifar10", "badnets", "smoke", 0, None, {})
+    n = prof.train.epochs
+    p2, _, cfg2, key2 = zoo.resolve("cifar10", "badnets", "smoke", 0, None, {}, train_epochs=n + 1)
+    assert cfg2["train"]["epochs"] == n + 1 and p2.train.epochs == n + 1 and key2 != key
+    assert {k: v for k, v in cfg2["train"].items() if k != "epochs"} == \
+        {k: v for k, v in cfg["train"].items() if k != "epochs"}
+    assert zoo.resolve("cifar10", "badnets", "smoke", 0, None, {}, train_epochs=None)[3] == key
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="train_epochs"):
+            zoo.resolve("cifar10", "badnets", "smoke", 0, None, {}, train_epochs=bad)
+    rec = zoo.get_record("cifar10", "badnets", "smoke", 0, progress=False, train_epochs=1)
+    assert rec["config"]["train"]["epochs"] == 1 and len(rec["history"]["epoch"]) == 1
+    assert zoo.get_record("cifar10", "badnets", "smoke", 0, compute=False) is None     # the profile's model: not trained
