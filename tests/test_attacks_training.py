@@ -313,3 +313,21 @@ def test_a_small_model_learns_the_backdoor(name, rate, n_train, epochs, extra, m
     assert asr - untriggered > 40.0                   # the trigger, not a bias towards the target, does it
     assert clean_asr < 25.0                           # measured 10.6-12.4 % (a weak benign model, 8 epochs)
     assert acc > 25.0                                 # and the model learned the clean task too (chance: 10 %)
+
+
+def test_dyn_one_and_dyn_all_share_one_mask_generator(cache_dir, monkeypatch):
+    from ngf_lib.attacks.inputaware import InputAware
+    """The mask generator is trained without labels, so Dyn-all reuses the one Dyn-one trained on the same data."""
+    x, y = _images(64)
+    one = attacks.get("dyn-one", 10, mask_epochs=1)
+    one.prepare(x, y)
+    calls = []
+    monkeypatch.setattr(InputAware, "pretrain_mask",
+                        lambda self, *a, **k: calls.append(1) or dict(one.mask_net.state_dict()))
+    both = attacks.get("dyn-all", 10, mask_epochs=1)
+    both.prepare(x, y)
+    assert calls == []
+    for p, q in zip(one.mask_net.state_dict().values(), both.mask_net.state_dict().values()):
+        assert torch.equal(p, q)
+    attacks.get("dyn-all", 10, mask_epochs=2).prepare(x, y)              # another recipe: trained anew
+    assert calls == [1]

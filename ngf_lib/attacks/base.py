@@ -173,20 +173,24 @@ class Attack:
         return self.apply(xs, ys), self.target_labels(ys)
 
 
-def cached_artefact(attack: Attack, what: str, config: dict, build) -> dict[str, torch.Tensor]:
+def cached_artefact(attack: Attack, what: str, config: dict, build, *, owner: str | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Tensors an attack learns before poisoning (a Trojan trigger, an ISSBA encoder, CLB's perturbations), cached
-    like models: ``$NGF_CACHE_DIR/artefacts/<attack>-<what>-<hash of config>.safetensors``.
+    like models: ``$NGF_CACHE_DIR/artefacts/<owner>-<what>-<hash of config>.safetensors``.
 
     ``build()`` returns a dict of tensors; it runs only when the cache has no entry for ``config`` (which must hold
-    everything the artefact depends on, e.g. the data's size and the surrogate's recipe).
+    everything the artefact depends on, e.g. the data's size and the surrogate's recipe). ``owner`` (default: the
+    attack's name) names who may share the artefact: Dyn-one and Dyn-all pass ``"inputaware"``, since their mask
+    generator never sees a label.
     """
     from .. import checkpoint, paths, results
-    key = results.config_key({"attack": attack.name, "what": what, **config})
-    path = paths.cache_dir() / "artefacts" / f"{attack.name}-{what}-{key}.safetensors"
+    owner = owner or attack.name
+    key = results.config_key({"attack": owner, "what": what, **config})
+    path = paths.cache_dir() / "artefacts" / f"{owner}-{what}-{key}.safetensors"
     if path.is_file():
         return checkpoint.load_state_dict(path)
     state = {k: v.detach().cpu().contiguous() for k, v in build().items()}
-    checkpoint.save_tensors(state, path, metadata={"attack": attack.name, "what": what, "key": key})
+    checkpoint.save_tensors(state, path, metadata={"attack": owner, "what": what, "key": key})
     return state
 
 

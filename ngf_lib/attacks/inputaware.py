@@ -90,7 +90,8 @@ class InputAware(BatchPoisoningAttack):
        ``lambda_norm * mean(relu(m(x1) - mask_density)) + lambda_div * D(x1, x2, m(x1), m(x2))`` with two
        independent shuffles ``x1, x2`` (random crop, no flip), ``lambda_norm = 100``, ``mask_density = 0.032``,
        ``lambda_div = 1``. ``M`` is then frozen; its weights are cached (:func:`~ngf_lib.attacks.base.cached_artefact`)
-       so another model trained on the same data reuses them.
+       so another model trained on the same data reuses them, Dyn-one's and Dyn-all's alike (``M`` never sees a
+       label).
     2. Joint training (:meth:`training_batch` + :meth:`after_step`): in every batch the first
        ``floor(poison_rate B)`` samples get their own trigger and the target label, the next ``floor(cross_rate B)``
        ("cross" samples, ``cross_rate = 0.1``) get the trigger generated from a *different* image of the batch and
@@ -189,7 +190,8 @@ class InputAware(BatchPoisoningAttack):
                   "mask_epochs": self.mask_epochs, "mask_density": self.mask_density,
                   "lambda_norm": self.lambda_norm, "lambda_div": self.lambda_div, "lr_m": self.lr_m,
                   "mask_batch_size": self.mask_batch_size, "seed": self.seed}
-        state = cached_artefact(self, "mask", config, lambda: self.pretrain_mask(x_train, device=device))
+        state = cached_artefact(self, "mask", config, lambda: self.pretrain_mask(x_train, device=device),
+                                owner="inputaware")           # trained without labels: Dyn-one and Dyn-all share it
         self.mask_net.load_state_dict(state)
         self.mask_net.requires_grad_(False).eval()
         self._mask_trained = True
