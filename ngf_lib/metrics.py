@@ -48,10 +48,7 @@ def per_class_accuracy(model, x, y, num_classes: int | None = None, **kw) -> tor
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     y = y.cpu()
     c = int(num_classes if num_classes is not None else int(y.max()) + 1)
-    hit = (predict(model, x, **kw) == y).double()
-    n = torch.bincount(y, minlength=c).double()
-    s = torch.bincount(y, weights=hit, minlength=c)
-    return torch.where(n > 0, 100.0 * s / n.clamp(min=1), torch.full_like(n, float("nan")))
+    return _percent_by_class(predict(model, x, **kw) == y, y, c)
 
 
 def asr_by_source_class(model, attack, x_test, y_test, num_classes: int | None = None, **kw) -> torch.Tensor:
@@ -66,7 +63,11 @@ def asr_by_source_class(model, attack, x_test, y_test, num_classes: int | None =
         raise ValueError(f"{attack.name}: its ASR set ({len(yt)} images) is not one triggered image per test image "
                          f"({len(src)}), so it has no source class (CBA composes pairs of images)")
     c = int(num_classes if num_classes is not None else int(y_test.max()) + 1)
-    hit = (predict(model, xt, **kw) == yt.cpu()).double()
-    n = torch.bincount(src, minlength=c).double()
-    s = torch.bincount(src, weights=hit, minlength=c)
+    return _percent_by_class(predict(model, xt, **kw) == yt.cpu(), src, c)
+
+
+def _percent_by_class(hit: torch.Tensor, cls: torch.Tensor, c: int) -> torch.Tensor:
+    """Percentage of ``hit`` within each class of ``cls`` (``c`` entries, NaN for a class without samples)."""
+    n = torch.bincount(cls, minlength=c).double()
+    s = torch.bincount(cls, weights=hit.double(), minlength=c)
     return torch.where(n > 0, 100.0 * s / n.clamp(min=1), torch.full_like(n, float("nan")))

@@ -316,8 +316,8 @@ def test_a_small_model_learns_the_backdoor(name, rate, n_train, epochs, extra, m
 
 
 def test_dyn_one_and_dyn_all_share_one_mask_generator(cache_dir, monkeypatch):
-    from ngf_lib.attacks.inputaware import InputAware
     """The mask generator is trained without labels, so Dyn-all reuses the one Dyn-one trained on the same data."""
+    from ngf_lib.attacks.inputaware import InputAware
     x, y = _images(64)
     one = attacks.get("dyn-one", 10, mask_epochs=1)
     one.prepare(x, y)
