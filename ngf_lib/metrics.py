@@ -56,9 +56,7 @@ def asr_by_source_class(model, attack, x_test, y_test, num_classes: int | None =
     leaves out (the target class of an all-to-one attack). Its mean weighted by class size is
     :func:`attack_success_rate`."""
     xt, yt = attack.asr_set(x_test, y_test)
-    src = y_test.cpu()
-    if not attack.all_to_all:                               # all-to-one: the target-class images are left out
-        src = src[src != int(attack.target)]
+    src = y_test[attack.asr_sources(y_test)].cpu()
     if len(yt) != len(src):
         raise ValueError(f"{attack.name}: its ASR set ({len(yt)} images) is not one triggered image per test image "
                          f"({len(src)}), so it has no source class (CBA composes pairs of images)")

@@ -163,12 +163,17 @@ class Attack:
             raise ValueError(f"{self.name} has no learned state, got {sorted(state)}")
 
     # ------------------------------------------------------------------------------------------------ evaluation
+    def asr_sources(self, y_test: torch.Tensor) -> torch.Tensor:
+        """Which test images :meth:`asr_set` triggers (a bool mask): all of them for all-to-all, those whose label is
+        not the target for all-to-one."""
+        return torch.ones_like(y_test, dtype=torch.bool) if self.all_to_all else (y_test != self.target)
+
     def asr_set(self, x_test: torch.Tensor, y_test: torch.Tensor):
         """Triggered test images and the labels that count as success (paper Section III).
 
         All-to-one: the test images whose true label is not the target; all-to-all: every test image.
         """
-        keep = torch.ones_like(y_test, dtype=torch.bool) if self.all_to_all else (y_test != self.target)
+        keep = self.asr_sources(y_test)
         xs, ys = x_test[keep], y_test[keep]
         return self.apply(xs, ys), self.target_labels(ys)
 
