@@ -71,6 +71,18 @@ class Dataset:
     def info(self) -> DatasetInfo:
         return dataset_info(self.name)
 
+    def subset(self, split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images of ``split`` (``"train"`` or ``"test"``) and their labels, drawn at random with ``seed`` and
+        kept in stored order. The stored splits are sorted by class, so their first ``n`` images are one or two
+        classes: take a subset with this, never with ``x[:n]``."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        if not 0 < int(n) <= len(y):
+            raise ValueError(f"n must be in 1..{len(y)} (the {split} split of {self.name}), got {n}")
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))[:int(n)].sort().values
+        return x[idx], y[idx]
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, "
                 f"{self.num_classes} classes, from {self.source})")
@@ -210,7 +222,7 @@ def _find_source(name: str, data_dir, download: bool):
 def load_dataset(name: str = "cifar10", data_dir=None, *, download: bool = False, cache: bool = True) -> Dataset:
     """Load ``cifar10`` or ``gtsrb`` (``(N, 3, 32, 32)``) or ``tiny-imagenet`` (``(N, 3, 64, 64)``, from its own
     folder layout) as uint8 tensors with int64 labels, in the stored order. The project's copies of CIFAR-10 (train
-    and test) and GTSRB (train) are **sorted by class**: draw seeded random subsets (as
+    and test) and GTSRB (train) are **sorted by class**: draw seeded random subsets (:meth:`Dataset.subset`, or as
     :func:`ngf_lib.zoo.experiment_data` does), never the first ``n`` images.
 
     >>> ds = load_dataset("cifar10")            # doctest: +SKIP

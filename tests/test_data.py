@@ -92,3 +92,17 @@ def test_second_load_uses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_load_gtsrb_npz", lambda p: (_ for _ in ()).throw(AssertionError("re-decoded")))
     ds2 = load_dataset("gtsrb", data_dir=tmp_path)
     assert torch.equal(ds2.x_test, ds.x_test)
+
+
+def test_subset_is_random_seeded_and_covers_the_classes(cifar):
+    x, y = cifar.subset("test", 200, seed=1)
+    assert x.shape == (200, 3, 32, 32) and len(y) == 200
+    assert len(torch.unique(y)) == 10                  # cifar.y_test[:200] is a single class
+    assert len(torch.unique(cifar.y_test[:200])) == 1
+    x2, y2 = cifar.subset("test", 200, seed=1)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert not torch.equal(cifar.subset("test", 200, seed=2)[1], y)
+    with pytest.raises(ValueError, match="split"):
+        cifar.subset("val", 10)
+    with pytest.raises(ValueError, match="n must be"):
+        cifar.subset("train", 0)
