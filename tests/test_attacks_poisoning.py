@@ -276,3 +276,16 @@ def test_sig_backdoor_is_learned_by_a_small_model(cifar):
         asr[kind] = metrics.attack_success_rate(model, atk, xt, yt)
     print(f"SIG ASR: clean model {asr['clean']:.1f} %, poisoned model {asr['poisoned']:.1f} %")
     assert asr["clean"] < 20 and asr["poisoned"] > asr["clean"] + 50
+
+
+@pytest.mark.parametrize("name", ["sig", "clb"])
+def test_clean_label_rate_of_the_target_class(name):
+    y = torch.arange(1000) % 10                              # 100 images per class
+    atk = attacks.get(name, 10, poison_rate=0.1, target=4, rate_of="target")
+    idx = atk.poison_indices(y)
+    assert len(idx) == 10 and (y[idx] == 4).all()            # a tenth of the class, not all of it
+    assert atk.params()["rate_of"] == "target"
+    assert "rate_of" not in attacks.get(name, 10).params()   # the default keeps existing model keys
+    assert len(attacks.get(name, 10, poison_rate=0.9, target=4, rate_of="target").poison_indices(y)) == 90
+    with pytest.raises(ValueError, match="rate_of"):
+        attacks.get(name, 10, rate_of="class")

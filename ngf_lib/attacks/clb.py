@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, PoisonedSet, cached_artefact, register
+from .base import CleanLabelAttack, PoisonedSet, cached_artefact, register
 from .surrogate import SurrogateRecipe, data_fingerprint, train_surrogate
 
 # BackdoorBench's top-left motif (row, column offsets from the corner): +1 white, -1 black
@@ -57,7 +57,7 @@ def pgd_untargeted(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
 
 
 @register
-class LabelConsistent(Attack):
+class LabelConsistent(CleanLabelAttack):
     """CLB: poisoned images ``clip(PGD(x) + 255 a s)``, ``s`` the four-corner checkerboard, labels kept.
 
     * **Perturbation** (training only): untargeted L-inf PGD on each poisoned target-class image against a clean

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .base import Attack, register
+from .base import CleanLabelAttack, register
 
 
 def sinusoid(width: int, delta: float, freq: float) -> torch.Tensor:
@@ -18,7 +18,7 @@ def sinusoid(width: int, delta: float, freq: float) -> torch.Tensor:
 
 
 @register
-class SIG(Attack):
+class SIG(CleanLabelAttack):
     """SIG: ``x' = clip(x + v)`` with ``v(i, j) = delta * sin(2 pi j f / W)``, the same for every row and channel.
 
     Defaults ``delta = 20``, ``f = 6`` (the value the NAD code base states, on whose data pipeline the NGF authors
@@ -31,7 +31,8 @@ class SIG(Attack):
     target class's share is an error. The default 0.1 is the paper's 10 % read as BackdoorBench reads it: on CIFAR-10
     (10 % of the images per class) it poisons every target-class image. On GTSRB no class holds 10 % of the images
     (class 0: 0.5 %), so a smaller rate must be given there. (The NAD / NGF-authors' loader instead draws 10 % of all
-    images and triggers only the target-class ones among them, about 10 % of the target class.)
+    images and triggers only the target-class ones among them, about 10 % of the target class; ``rate_of="target"``
+    reads the rate that way, see :class:`~ngf_lib.attacks.base.CleanLabelAttack`.)
 
     >>> atk = SIG(10)
     >>> x = torch.full((1, 3, 32, 32), 100, dtype=torch.uint8)
