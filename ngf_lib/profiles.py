@@ -39,6 +39,12 @@ from dataclasses import asdict, dataclass, field
 from .train import TrainConfig
 
 
+# Attack parameters a dataset needs in every profile. GTSRB: no class holds 10 % of the training images (the largest
+# about 5.7 %), so a clean-label rate read as a fraction of the training set cannot be met; the paper's 10 % is read
+# as a fraction of the target class there (the loader of NAD and of NGF's authors poisons about that share).
+DATASET_ATTACK_PARAMS = {"gtsrb": {"sig": {"rate_of": "target"}, "clb": {"rate_of": "target"}}}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -54,9 +60,10 @@ class Profile:
     attack_params: dict = field(default_factory=dict)   # attack name -> parameters this profile changes
     defense_params: dict = field(default_factory=dict)  # defense name -> parameters this profile changes
 
-    def attack_defaults(self, attack: str) -> dict:
-        """The parameters this profile gives ``attack`` unless the caller sets them (``{}`` for most attacks)."""
-        return dict(self.attack_params.get(attack, {}))
+    def attack_defaults(self, attack: str, dataset: str | None = None) -> dict:
+        """The parameters this profile gives ``attack`` on ``dataset`` unless the caller sets them (``{}`` for most
+        attacks): the dataset's (:data:`DATASET_ATTACK_PARAMS`), then the profile's own on top."""
+        return {**DATASET_ATTACK_PARAMS.get(dataset, {}).get(attack, {}), **self.attack_params.get(attack, {})}
 
     def defense_defaults(self, defense: str) -> dict:
         """The parameters this profile gives ``defense`` unless the caller sets them (``{}`` outside ``smoke``)."""

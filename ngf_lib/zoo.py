@@ -123,7 +123,7 @@ def resolve(dataset, attack, profile, seed, poison_rate, attack_params, train_ep
         if isinstance(train_epochs, bool) or not isinstance(train_epochs, int) or train_epochs < 1:
             raise ValueError(f"train_epochs must be a positive integer, got {train_epochs!r}")
         prof = dataclasses.replace(prof, train=dataclasses.replace(prof.train, epochs=train_epochs))
-    params = {**prof.attack_defaults(attack), **(attack_params or {})}
+    params = {**prof.attack_defaults(attack, dataset), **(attack_params or {})}
     atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **params)
     cfg = model_config(dataset, atk, prof, seed)
     return prof, atk, cfg, results.config_key(cfg)

@@ -67,3 +67,15 @@ def test_smoke_profile_shortens_the_all_layer_defenses_and_the_caller_still_wins
     assert rec["config"]["defense_config"]["epochs"] == 10
     rec3 = experiments.defended_record("cifar10", "badnets", "ft", "smoke", progress=False, epochs=3)
     assert rec3["config"]["defense_config"]["epochs"] == 3 and rec3["key"] != rec["key"]
+
+
+def test_gtsrb_reads_clean_label_rates_as_a_fraction_of_the_target_class():
+    """No GTSRB class holds 10 % of its training set, so SIG and CLB read the rate per target class there, in every
+    profile; CIFAR-10 keeps the book's convention, and a caller can still choose."""
+    from ngf_lib import zoo
+    for prof in ("smoke", "cpu", "gpu", "paper"):
+        for attack in ("sig", "clb"):
+            assert zoo.resolve("gtsrb", attack, prof, 0, None, {})[1].rate_of == "target"
+            assert zoo.resolve("cifar10", attack, prof, 0, None, {})[1].rate_of == "train"
+    assert zoo.resolve("gtsrb", "sig", "cpu", 0, None, {"rate_of": "train"})[1].rate_of == "train"
+    assert get_profile("cpu").attack_defaults("badnets", "gtsrb") == {}
