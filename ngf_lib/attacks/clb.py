@@ -68,7 +68,7 @@ class LabelConsistent(CleanLabelAttack):
       stamped on non-target test images (:meth:`apply` needs no preparation).
     * **Clean-label**: only target-class images are poisoned, labels unchanged; ``poison_rate`` as in
       :class:`~ngf_lib.attacks.sig.SIG` (``round(poison_rate * N)`` target-class images; the default 0.1 is every
-      target-class image of CIFAR-10; GTSRB needs a smaller rate).
+      target-class image of CIFAR-10; on GTSRB the profiles read it per target class, ``rate_of="target"``).
 
     **Asset-free substitute:** BackdoorBench crafts the perturbations with a downloaded adversarially trained
     ResNet-18. Here the attacker trains its own *clean* surrogate (:mod:`ngf_lib.attacks.surrogate`: ``cpu_net`` on
