@@ -289,3 +289,17 @@ def test_clean_label_rate_of_the_target_class(name):
     assert len(attacks.get(name, 10, poison_rate=0.9, target=4, rate_of="target").poison_indices(y)) == 90
     with pytest.raises(ValueError, match="rate_of"):
         attacks.get(name, 10, rate_of="class")
+
+
+def test_clb_crafts_its_own_images_for_each_reading_of_the_rate():
+    """The perturbed images are cached per recipe: the per-class reading poisons other images than the default and
+    must not be served the default's cache entry (it was, and failed with 'belong to other indices')."""
+    y = torch.arange(400) % 10
+    x = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole = attacks.get("clb", 10, poison_rate=0.1, target=2, steps=2, **TINY)
+    whole.prepare(x, y)
+    assert len(whole.poison_training_set(x, y).poison_idx) == 40           # all 40 images of class 2
+    part = attacks.get("clb", 10, poison_rate=0.1, target=2, steps=2, rate_of="target", **TINY)
+    part.prepare(x, y)
+    ps = part.poison_training_set(x, y)
+    assert len(ps.poison_idx) == 4 and (y[ps.poison_idx] == 2).all()

@@ -128,6 +128,8 @@ class LabelConsistent(CleanLabelAttack):
         p = self.params()
         config = {k: p[k] for k in ("poison_rate", "target", "seed", "eps", "step_size", "steps", "surrogate")}
         config.update(image_size=self.image_size, num_classes=self.num_classes, data=self._data)
+        if self.rate_of != "train":          # other images are poisoned (the default's key is kept as it was)
+            config["rate_of"] = self.rate_of
 
         def build():
             model = train_surrogate(x_train, y_train, self.num_classes, self.surrogate, seed=self.seed,
