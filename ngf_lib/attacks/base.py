@@ -101,13 +101,15 @@ class Attack:
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------------------------- poisoning
+    def poison_count(self, y: torch.Tensor) -> int:
+        """How many training samples to poison: ``round(poison_rate * N)`` for the ``N`` labels ``y``."""
+        return int(round(self.poison_rate * len(y)))
+
     def poison_indices(self, y: torch.Tensor) -> torch.Tensor:
         """Which training samples to poison (seeded by ``seed``); see the module docstring for the rule."""
-        n = int(round(self.poison_rate * len(y)))
+        n = self.poison_count(y)
         if self.clean_label:
             cand = (y == self.target).nonzero().flatten()
-            if getattr(self, "rate_of", "train") == "target":
-                n = int(round(self.poison_rate * len(cand)))
             if n > len(cand):
                 raise ValueError(f"{self.name} is clean-label: it can poison at most the {len(cand)} target-class "
                                  f"images ({len(cand) / len(y):.1%} of the set), but poison_rate "
@@ -219,6 +221,11 @@ class CleanLabelAttack(Attack):
             raise ValueError(f"{self.name}: rate_of must be 'train' (a fraction of the training set) or 'target' "
                              f"(a fraction of the target class), got {rate_of!r}")
         self.rate_of = rate_of
+
+    def poison_count(self, y):
+        if self.rate_of == "target":
+            return int(round(self.poison_rate * int((y == self.target).sum())))
+        return super().poison_count(y)
 
     def params(self):
         p = super().params()
