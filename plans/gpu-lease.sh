@@ -6,11 +6,14 @@
 #
 # with cifar10_jpeg.npz copied into the git-ignored device_data/ (named in the call's carry). The records come back
 # in $OUT/records.tgz (unpack over results/) and the log in $OUT/lease.log. Three phases, each under the budget:
-#   1. the four models, four lanes at once on the GPU (their records are recomputed, so the timings below use them);
-#   2. Table IV's timings: FT and NGF one after the other, alone on the GPU (their earlier records, measured with
-#      four jobs sharing the GPU, are recomputed);
-#   3. the rest of Table II (ANP, I-BAU, AWM, FP, NAD, MCR) and Table V (all layers), six lanes sharing the GPU,
-#      until the budget ends; a task still running then is lost, everything finished is in the store.
+#   1. the four models, four lanes at once on the GPU (a machine starts bare: their no-defense records are recomputed
+#      so that no two lanes train one model; GPU arithmetic is not bit-reproducible, so they differ from the last
+#      lease's by a few tenths of a point);
+#   2. Table IV's timings: FT and NGF one after the other, alone on the GPU (skipped where their records exist);
+#   3. what Table II and V still lack, six lanes sharing the GPU, until the budget ends; a task still running then is
+#      lost, everything finished is in the store. Measured on an H100 (2026-11-26): AWM, FP and NAD take seconds,
+#      I-BAU and MCR about 90 s with six lanes sharing, ANP more than 340 s (it never finished), so ANP has a lane
+#      per attack.
 # Each record carries NGF_RUN_NOTE, which says how many jobs shared the GPU when it was made.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -26,8 +29,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 cp -r "results/$PROFILE" "$NGF_RESULTS_DIR/" 2>/dev/null
 R="$NGF_RESULTS_DIR/$PROFILE/cifar10"
 mkdir -p "$R"
-for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json "$R/${a}__p0.1__ft__s0__"*.json \
-  "$R/${a}__p0.1__ngf__s0__"*.json; done
+for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json; done
 run() {  # run NOTE DEADLINE HARD lanes...
   local note=$1 dl=$2 hard=$3; shift 3
   echo "== $(date +%T) phase: $note (deadline ${dl} s, hard ${hard} s; $(left) s of the budget left)"
@@ -38,12 +40,9 @@ run "alone on the GPU" $(( $(left) - 300 )) $(( $(left) - 270 )) \
   "defense:badnets:ft defense:badnets:ngf defense:blend:ft defense:blend:ngf defense:troj-one:ft defense:troj-one:ngf defense:sig:ft defense:sig:ngf"
 H=$(( $(left) - 25 ))
 run "6 jobs shared one GPU (times inflated)" $(( H - 60 )) $H \
-  "defense:badnets:anp defense:badnets:i-bau:val_size=0.05 defense:badnets:nad defense:badnets:fp defense:badnets:mcr" \
-  "defense:blend:anp defense:blend:i-bau:val_size=0.05 defense:blend:nad defense:blend:fp defense:blend:mcr" \
-  "defense:troj-one:anp defense:troj-one:i-bau:val_size=0.05 defense:troj-one:awm defense:troj-one:nad defense:troj-one:fp defense:troj-one:mcr" \
-  "defense:sig:anp defense:sig:i-bau:val_size=0.05 defense:sig:awm defense:sig:nad defense:sig:fp defense:sig:mcr" \
+  "defense:badnets:anp" "defense:blend:anp" "defense:troj-one:anp" "defense:sig:anp" \
   "defense:badnets:ngf-all defense:badnets:sam-all defense:blend:ngf-all defense:blend:sam-all defense:troj-one:ngf-all defense:troj-one:sam-all" \
-  "plan:sig:table3 plan:sig:table6 curv:sig:none curv:sig:cls-sgd curv:sig:ngf"
+  "defense:blend:mcr defense:troj-one:mcr defense:sig:mcr defense:badnets:i-bau:val_size=0.05,lr=0.0001 defense:blend:i-bau:val_size=0.05,lr=0.0001"
 echo "== $(date +%T) done, $(left) s of the budget left"
 tar czf "$OUT/records.tgz" -C "$NGF_RESULTS_DIR" "$PROFILE"
 ls -la "$OUT"
