@@ -19,6 +19,21 @@ class UntrustedCheckpointError(RuntimeError):
     """The checkpoint would need to execute code (arbitrary pickled objects) to load: we refuse."""
 
 
+def weights_digest(model_or_state) -> str:
+    """A short fingerprint (16 hex digits of SHA-256) of a model's weights and buffers: names, dtypes, shapes and
+    bytes, independent of the device and of the file format. Records carry it, so that a defense record can say
+    whether it purified the very weights its No Defense record measured (a model retrained on a GPU differs in the
+    last bits: GPU arithmetic is not bit-reproducible)."""
+    import hashlib
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def save_model(model: torch.nn.Module, path, metadata: dict | None = None) -> Path:
     """Write ``model``'s state dict as safetensors, atomically (temp file, then rename)."""
     return save_tensors(model.state_dict(), path, metadata)

@@ -80,12 +80,19 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     purified = defend(bd.model, data.x_val, data.y_val, **defense_cfg)
     wall = time.time() - t0
     ev = zoo.evaluate(purified, bd.attack, data, device=dev)   # the prepared attack (a learned trigger is ready)
+    initial = {"acc": bd.record["acc"], "asr": bd.record["asr"]}
+    recorded = bd.record.get("weights_digest")
+    if recorded is not None and recorded != bd.digest:
+        # the cached weights are not the ones the No Defense record measured (retrained since, e.g. on another GPU):
+        # measure the weights this defense started from, so its record compares like with like
+        initial = zoo.evaluate(bd.model, bd.attack, data, device=dev)
     rec = {"profile": prof.name, "dataset": dataset, "arch": prof.arch(dataset), "attack": atk.name,
            "poison_rate": atk.poison_rate, "defense": defense, "seed": seed, **ev, "wall_time_s": wall,
            "device": results.device_name(dev), "git_commit": commit, "created": results.now(),
            "config": cfg, "key": key, "n_val": len(data.y_val),
            "val_acc": metrics.accuracy(purified, data.x_val, data.y_val, device=dev),
-           "initial": {"acc": bd.record["acc"], "asr": bd.record["asr"]},
+           "initial": initial, "model_digest": bd.digest,
+           "model_matches_record": None if recorded is None else recorded == bd.digest,
            "history": getattr(purified, "ngf_history", None)}
     results.write_record(rec)
     return results.as_stored(rec)

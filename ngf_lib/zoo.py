@@ -94,6 +94,7 @@ class Backdoored:
     record: dict
     config: dict
     key: str
+    digest: str | None = None     # checkpoint.weights_digest of ``model`` (the record's is of the weights it measured)
 
 
 def evaluate(model, atk: attacks.Attack, data: ExperimentData, device=None) -> dict:
@@ -170,6 +171,7 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
             atk.load_state_tensors(checkpoint.load_state_dict(state_path))
     else:
         model, hist, train_time, n_poison = _train_and_save(prof, atk, cfg, key, data, seed, dev, progress)
+    digest = checkpoint.weights_digest(model)
     rec = results.find_record(prof.name, dataset, key)
     if rec is None:
         t0 = time.time()
@@ -179,10 +181,10 @@ def get_model(dataset: str = "cifar10", attack: str = "none", profile="cpu", see
                "wall_time_s": (train_time if train_time is not None else 0.0) + (time.time() - t0),
                "train_time_s": train_time, "device": results.device_name(dev), "git_commit": commit,
                "created": results.now(), "config": cfg, "key": key, "n_train": len(data.y_train),
-               "n_poison": n_poison, "n_test": len(data.y_test), "history": hist}
+               "n_poison": n_poison, "n_test": len(data.y_test), "history": hist, "weights_digest": digest}
         results.write_record(rec)
         rec = results.as_stored(rec)
-    return Backdoored(model, atk, rec, cfg, key)
+    return Backdoored(model, atk, rec, cfg, key, digest)
 
 
 def get_record(dataset: str = "cifar10", attack: str = "none", profile="cpu", seed: int = 0, poison_rate=None,
