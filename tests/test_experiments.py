@@ -29,6 +29,21 @@ def test_defended_record_is_written_once(defense, monkeypatch):
     assert experiments.defended_record("cifar10", "badnets", defense, "smoke", epochs=5) == rec
 
 
+
+def test_a_validation_size_equal_to_the_default_split_reads_its_run(monkeypatch):
+    rec = experiments.defended_record("cifar10", "badnets", "ngf", "smoke", epochs=5, progress=False)
+    assert rec["n_val"] == 500
+    assert experiments.record_at_val_size("cifar10", "badnets", "ngf", "smoke", n=50, epochs=5, compute=False) is None
+    small = experiments.record_at_val_size("cifar10", "badnets", "ngf", "smoke", n=50, epochs=5, progress=False)
+    assert small["n_val"] == 50 and small["key"] != rec["key"]
+
+    @functools.wraps(defenses.REGISTRY["ngf"])
+    def boom(*a, **k):
+        raise AssertionError("ran the default split a second time")
+    monkeypatch.setitem(defenses.REGISTRY, "ngf", boom)
+    assert experiments.record_at_val_size("cifar10", "badnets", "ngf", "smoke", n=500, epochs=5) == rec
+    assert experiments.record_at_val_size("cifar10", "badnets", "ngf", "smoke", n=50, epochs=5) == small
+
 def test_unknown_defense_parameter_is_named():
     with pytest.raises(ValueError, match="unknown defense parameter.*dampnig"):
         experiments.defended_record("cifar10", "badnets", "ngf", "smoke", dampnig=0.1)
