@@ -98,7 +98,6 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     return results.as_stored(rec)
 
 
-
 def record_at_val_size(dataset: str, attack: str, defense: str, profile="cpu", seed: int = 0, n: int = 500, *,
                        compute: bool = True, **kw) -> dict | None:
     """The record of ``defense`` when it sees only the first ``n`` images of the defender's held-out pool (the
@@ -113,6 +112,7 @@ def record_at_val_size(dataset: str, attack: str, defense: str, profile="cpu", s
     if default is not None and default.get("n_val") == n:
         return default
     return defended_record(dataset, attack, defense, profile, seed, val_size=int(n), compute=compute, **kw)
+
 
 PLANS = {}          # named lists of (label, defense, config), filled below; the CLI runs them by name
 

@@ -29,7 +29,6 @@ def test_defended_record_is_written_once(defense, monkeypatch):
     assert experiments.defended_record("cifar10", "badnets", defense, "smoke", epochs=5) == rec
 
 
-
 def test_a_validation_size_equal_to_the_default_split_reads_its_run(monkeypatch):
     rec = experiments.defended_record("cifar10", "badnets", "ngf", "smoke", epochs=5, progress=False)
     assert rec["n_val"] == 500
@@ -43,6 +42,7 @@ def test_a_validation_size_equal_to_the_default_split_reads_its_run(monkeypatch)
     monkeypatch.setitem(defenses.REGISTRY, "ngf", boom)
     assert experiments.record_at_val_size("cifar10", "badnets", "ngf", "smoke", n=500, epochs=5) == rec
     assert experiments.record_at_val_size("cifar10", "badnets", "ngf", "smoke", n=50, epochs=5) == small
+
 
 def test_unknown_defense_parameter_is_named():
     with pytest.raises(ValueError, match="unknown defense parameter.*dampnig"):
