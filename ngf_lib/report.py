@@ -64,6 +64,13 @@ def no_defense_table(records: list[dict], dataset: str = "cifar10"):
     return pd.DataFrame(rows)
 
 
+# The book's rule for reading a defended model (chapters 5 and 8): the backdoor is *removed* when the test ASR is
+# under REMOVED_ASR %; the defense *broke* the model when its clean accuracy fell more than BROKEN_ACC_DROP points
+# under the undefended model's (then a low ASR means nothing: a network at chance predicts the target 10 % of the time).
+REMOVED_ASR = 20
+BROKEN_ACC_DROP = 20
+
+
 def mean_sd(values, digits: int = 2) -> str:
     """``"m"`` for one value, ``"m ± sd"`` (sample standard deviation) for several, ``"—"`` for none."""
     v = [float(a) for a in values if a is not None]
