@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -95,11 +97,41 @@ def record_path(record: dict) -> Path:
     return (folder if kind == RESULT else folder / _slug(kind)) / name
 
 
+def jobs_sharing_from_env() -> int | None:
+    """``NGF_JOBS_SHARING``: how many worker processes ran side by side on this device when the record was made (set by
+    :mod:`ngf_lib.runner`: the number of lanes it started, an upper bound once some have finished). ``None``, with a
+    warning that names the value, when it is not a positive integer: a finished experiment is never lost to a bad
+    annotation."""
+    raw = os.environ.get("NGF_JOBS_SHARING", "")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        warnings.warn(f"NGF_JOBS_SHARING must be a positive integer (jobs sharing the device), got {raw!r}: "
+                      "the record is written without jobs_sharing")
+        return None
+    return n
+
+
+def jobs_sharing(record: dict) -> int:
+    """How many jobs shared the device when ``record`` was made (its wall time is inflated about that much): the
+    record's ``jobs_sharing`` field; for records older than that field, the number at the start of their
+    ``run_note`` ("4 lanes shared one GPU ..."); 1 when neither says (alone, or not recorded)."""
+    if "jobs_sharing" in record:
+        return int(record["jobs_sharing"])
+    m = re.match(r"(\d+) (jobs|lanes) shared", record.get("run_note", ""))
+    return int(m.group(1)) if m else 1
+
+
 def write_record(record: dict) -> Path:
     """Validate and write a record atomically; returns its path."""
     missing = [k for k in REQUIRED_KEYS + ("key",) if k not in record]
-    if os.environ.get("NGF_RUN_NOTE") and "run_note" not in record:   # e.g. "4 jobs shared the GPU: times inflated"
+    if os.environ.get("NGF_RUN_NOTE") and "run_note" not in record:   # e.g. "measured on a shared node"
         record = {**record, "run_note": os.environ["NGF_RUN_NOTE"]}
+    if os.environ.get("NGF_JOBS_SHARING") and "jobs_sharing" not in record:
+        n = jobs_sharing_from_env()
+        record = record if n is None else {**record, "jobs_sharing": n}
     if missing:
         raise ValueError(f"record lacks required keys: {', '.join(missing)}")
     path = record_path(record)

@@ -138,7 +138,9 @@ def run_lane(lane: list, profile: str, dataset: str = "cifar10", seed: int = 0, 
     return out
 
 
-def _lane(i: int, lane: list, profile: str, dataset: str, seed: int, deadline: float, threads: int) -> None:
+def _lane(i: int, lane: list, profile: str, dataset: str, seed: int, deadline: float, threads: int,
+          sharing: int = 1) -> None:
+    os.environ["NGF_JOBS_SHARING"] = str(sharing)     # every record this worker writes says how many shared the device
     run_lane(lane, profile, dataset, seed, deadline, threads, name=f"lane {i}")
 
 
@@ -169,7 +171,7 @@ def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", se
     t0 = time.time()
     threads = threads or max(1, (os.cpu_count() or 2) // max(1, len(lanes)))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_lane, args=(i, lane, profile, dataset, seed, t0 + deadline, threads),
+    procs = [ctx.Process(target=_lane, args=(i, lane, profile, dataset, seed, t0 + deadline, threads, len(lanes)),
                          daemon=True)          # a worker never outlives its parent
              for i, lane in enumerate(lanes)]
     for p in procs:

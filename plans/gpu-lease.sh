@@ -14,7 +14,7 @@
 #      lost, everything finished is in the store. Measured on an H100 (2026-11-26): AWM, FP and NAD take seconds,
 #      I-BAU and MCR about 90 s with six lanes sharing, ANP more than 340 s (it never finished), so ANP has a lane
 #      per attack.
-# Each record carries NGF_RUN_NOTE, which says how many jobs shared the GPU when it was made.
+# Each record carries jobs_sharing (set by the runner: how many lanes shared the GPU) and NGF_RUN_NOTE (the phase).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 export NGF_DATA_DIR=${NGF_DATA_DIR:-$PWD/device_data} NGF_CACHE_DIR=${NGF_CACHE_DIR:-/tmp/ngfcache}

@@ -45,3 +45,17 @@ def test_incomplete_record_is_refused():
 def test_config_key_is_order_independent():
     assert results.config_key({"a": 1, "b": [1, 2]}) == results.config_key({"b": [1, 2], "a": 1})
     assert results.config_key({"a": 1}) != results.config_key({"a": 2})
+
+
+def test_jobs_sharing_is_written_from_the_environment_and_read_back_from_old_notes(monkeypatch):
+    monkeypatch.setenv("NGF_JOBS_SHARING", "4")
+    path = results.write_record(_rec())
+    rec = json.loads(path.read_text())
+    assert rec["jobs_sharing"] == 4 and results.jobs_sharing(rec) == 4
+    assert results.jobs_sharing(_rec(run_note="6 jobs shared one GPU (times inflated)")) == 6   # records before the field
+    assert results.jobs_sharing(_rec(run_note="4 lanes shared one GPU (ngf_lib.runner)")) == 4
+    assert results.jobs_sharing(_rec(run_note="alone on the GPU")) == 1 and results.jobs_sharing(_rec()) == 1
+    monkeypatch.setenv("NGF_JOBS_SHARING", "four")                  # a bad annotation never loses a finished run
+    with pytest.warns(UserWarning, match="NGF_JOBS_SHARING must be a positive integer.*'four'"):
+        path = results.write_record(_rec(config={"a": 9}))
+    assert "jobs_sharing" not in json.loads(path.read_text())

@@ -37,6 +37,7 @@ def test_a_lane_writes_its_records_and_a_failing_task_does_not_stop_it(capfd):
     rec = experiments.defended_record("cifar10", "badnets", "cls-sgd", "smoke", 0, compute=False, epochs=3)
     assert rec is not None and rec["defense"] == "cls-sgd"
     assert len(results.load_records("smoke")) == 2
+    assert {r["jobs_sharing"] for r in results.load_records("smoke")} == {1}   # one lane: alone on the device
 
 
 def test_compute_false_reads_only():
