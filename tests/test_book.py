@@ -20,6 +20,19 @@ def test_committed_chapters_hold_no_errors():
         assert chapters.notebook_errors(nb) == [], nb
 
 
+def test_committed_chapters_show_whole_tables():
+    """pandas cuts a table longer than display.max_rows down to ten rows and a "..." row: a reader of the site would
+    see ten of the reproduction report's numbers. No committed table may be cut."""
+    import json
+    import re
+    for nb in sorted((ROOT / "book" / "chapters").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                html = "".join(out.get("data", {}).get("text/html", []))
+                if re.search(r"<p>\d+ rows × \d+ columns</p>", html):
+                    assert "<th>...</th>" not in html, f"{nb.name}: a table is shown cut (raise display.max_rows)"
+
+
 def test_every_source_has_a_parameters_cell_and_an_executed_chapter():
     import json
     srcs = chapters.chapter_sources(ROOT / "notebooks")
