@@ -10,10 +10,12 @@
 #      so that no two lanes train one model; GPU arithmetic is not bit-reproducible, so they differ from the last
 #      lease's by a few tenths of a point);
 #   2. Table IV's timings: FT and NGF one after the other, alone on the GPU (skipped where their records exist);
-#   3. what Table II and V still lack, six lanes sharing the GPU, until the budget ends; a task still running then is
+#   3. what Table II still lacks, five lanes sharing the GPU, until the budget ends; a task still running then is
 #      lost, everything finished is in the store. Measured on an H100 (2026-11-26): AWM, FP and NAD take seconds,
 #      I-BAU and MCR about 90 s with six lanes sharing, ANP more than 340 s (it never finished), so ANP has a lane
-#      per attack.
+#      per attack and Table V's all-layer runs wait for a follow-up call.
+# A follow-up call on the same warm machine (within its 30 s idle window; its caches still hold the models) runs only
+# the lanes given as arguments:  BUDGET=150 bash plans/gpu-lease.sh "defense:badnets:ngf-all" "defense:blend:ngf-all"
 # Each record carries jobs_sharing (set by the runner: how many lanes shared the GPU) and NGF_RUN_NOTE (the phase).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -29,20 +31,24 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 cp -r "results/$PROFILE" "$NGF_RESULTS_DIR/" 2>/dev/null
 R="$NGF_RESULTS_DIR/$PROFILE/cifar10"
 mkdir -p "$R"
-for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json; done
+[ $# -eq 0 ] && for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json; done
 run() {  # run NOTE DEADLINE HARD lanes...
   local note=$1 dl=$2 hard=$3; shift 3
   echo "== $(date +%T) phase: $note (deadline ${dl} s, hard ${hard} s; $(left) s of the budget left)"
   NGF_RUN_NOTE="$note" $PY -m ngf_lib.runner --profile "$PROFILE" --deadline "$dl" --hard-deadline "$hard" --lanes "$@"
 }
+if [ $# -eq 0 ]; then
 run "4 jobs shared one GPU (times inflated)" 60 $(( $(left) - 330 )) "model:badnets" "model:blend" "model:troj-one" "model:sig"
 run "alone on the GPU" $(( $(left) - 300 )) $(( $(left) - 270 )) \
   "defense:badnets:ft defense:badnets:ngf defense:blend:ft defense:blend:ngf defense:troj-one:ft defense:troj-one:ngf defense:sig:ft defense:sig:ngf"
 H=$(( $(left) - 25 ))
-run "6 jobs shared one GPU (times inflated)" $(( H - 60 )) $H \
+run "5 jobs shared one GPU (times inflated)" $(( H - 60 )) $H \
   "defense:badnets:anp" "defense:blend:anp" "defense:troj-one:anp" "defense:sig:anp" \
-  "defense:badnets:ngf-all defense:badnets:sam-all defense:blend:ngf-all defense:blend:sam-all defense:troj-one:ngf-all defense:troj-one:sam-all" \
   "defense:blend:mcr defense:troj-one:mcr defense:sig:mcr defense:badnets:i-bau:val_size=0.05,lr=0.0001 defense:blend:i-bau:val_size=0.05,lr=0.0001"
+else   # a follow-up call on the warm machine (its caches hold the models): only the lanes given as arguments
+H=$(( $(left) - 25 ))
+run "$# jobs shared one GPU (times inflated)" $(( H - 30 )) $H "$@"
+fi
 echo "== $(date +%T) done, $(left) s of the budget left"
 tar czf "$OUT/records.tgz" -C "$NGF_RESULTS_DIR" "$PROFILE"
 ls -la "$OUT"
