@@ -82,9 +82,10 @@ def defended_record(dataset: str = "cifar10", attack: str = "badnets", defense: 
     ev = zoo.evaluate(purified, bd.attack, data, device=dev)   # the prepared attack (a learned trigger is ready)
     initial = {"acc": bd.record["acc"], "asr": bd.record["asr"]}
     recorded = bd.record.get("weights_digest")
-    if recorded is not None and recorded != bd.digest:
-        # the cached weights are not the ones the No Defense record measured (retrained since, e.g. on another GPU):
-        # measure the weights this defense started from, so its record compares like with like
+    if recorded != bd.digest:
+        # the cached weights are not the ones the No Defense record measured (retrained since, e.g. on another GPU),
+        # or that record is older than the digest and cannot tell: measure the weights this defense started from,
+        # so its record compares like with like
         initial = zoo.evaluate(bd.model, bd.attack, data, device=dev)
     rec = {"profile": prof.name, "dataset": dataset, "arch": prof.arch(dataset), "attack": atk.name,
            "poison_rate": atk.poison_rate, "defense": defense, "seed": seed, **ev, "wall_time_s": wall,

@@ -28,7 +28,7 @@ mkdir -p "$OUT" "$NGF_RESULTS_DIR"
 exec > >(tee "$OUT/lease.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-cp -r "results/$PROFILE" "$NGF_RESULTS_DIR/" 2>/dev/null
+cp -rn "results/$PROFILE" "$NGF_RESULTS_DIR/" 2>/dev/null   # -n: a warm machine's newer records stay
 R="$NGF_RESULTS_DIR/$PROFILE/cifar10"
 mkdir -p "$R"
 [ $# -eq 0 ] && for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json; done

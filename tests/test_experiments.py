@@ -79,3 +79,10 @@ def test_a_defense_record_measures_the_weights_it_purified():
     data = zoo.experiment_data("cifar10", "smoke")
     assert abs(rec2["initial"]["acc"] - metrics.accuracy(bd.model, data.x_test, data.y_test)) < 1e-6
     assert rec2["initial"]["acc"] != rec["initial"]["acc"]
+    # a No Defense record older than the digest cannot vouch for the weights: they are measured, not assumed
+    old = dict(bd.record)
+    del old["weights_digest"]
+    results.write_record(old)
+    rec3 = experiments.defended_record("cifar10", "badnets", "cls-sgd", "smoke", epochs=3, progress=False)
+    assert rec3["model_matches_record"] is None
+    assert rec3["initial"] == rec2["initial"] != {"acc": old["acc"], "asr": old["asr"]}
