@@ -71,6 +71,14 @@ REMOVED_ASR = 20
 BROKEN_ACC_DROP = 20
 
 
+def starting_point(record: dict, no_defense: dict) -> dict:
+    """The ``{"acc", "asr"}`` a defense record started from: its own ``initial`` (the weights it purified, measured
+    afresh when they are not the ones the No Defense record measured: a GPU retrain is not bit-reproducible), else the
+    No Defense record's. Drops (Table II's Avg. Drop row) and the *broken* rule are taken from it."""
+    start = record.get("initial") or no_defense
+    return {"acc": start["acc"], "asr": start["asr"]}
+
+
 def mean_sd(values, digits: int = 2) -> str:
     """``"m"`` for one value, ``"m ± sd"`` (sample standard deviation) for several, ``"—"`` for none."""
     v = [float(a) for a in values if a is not None]

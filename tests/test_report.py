@@ -72,3 +72,11 @@ def test_trigger_gallery_shows_each_attacks_own_triggered_image_and_residual():
         res = np.asarray(grid[i, 4].get_images()[0].get_array()).astype(int)
         assert np.array_equal(res, ((xt[1].int() - x[1].int()).abs() * 4).clamp(0, 255).permute(1, 2, 0).numpy())
     assert grid[1, 0].get_ylabel() == "blend"
+
+
+def test_a_defense_is_measured_from_the_weights_it_started_from():
+    """A defense run on a retrained model (its ``initial`` differs from the No Defense record) drops from its own start."""
+    nd = rec("badnets", "none", 0, 96.0, 88.0)
+    moved = {**rec("badnets", "anp", 0, 3.0, 82.0), "initial": {"acc": 88.3, "asr": 95.8}}
+    assert report.starting_point(moved, nd) == {"acc": 88.3, "asr": 95.8}
+    assert report.starting_point(rec("badnets", "ft", 0, 18.0, 81.0), nd) == {"acc": 88.0, "asr": 96.0}
