@@ -16,6 +16,9 @@
 #      per attack and Table V's all-layer runs wait for a follow-up call.
 # A follow-up call on the same warm machine (within its 30 s idle window; its caches still hold the models) runs only
 # the lanes given as arguments:  BUDGET=150 bash plans/gpu-lease.sh "defense:badnets:ngf-all" "defense:blend:ngf-all"
+# On a bare machine, FRESH=1 with lanes as arguments runs only those lanes, in one phase, after removing the four
+# models' No Defense records so that the lanes naming model:<attack> retrain and record them afresh:
+#   FRESH=1 BUDGET=555 bash plans/gpu-lease.sh "model:badnets defense:badnets:ngf-all" "model:clb defense:clb:ngf" ...
 # Each record carries jobs_sharing (set by the runner: how many lanes shared the GPU) and NGF_RUN_NOTE (the phase).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -31,7 +34,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_av
 cp -rn "results/$PROFILE" "$NGF_RESULTS_DIR/" 2>/dev/null   # -n: a warm machine's newer records stay
 R="$NGF_RESULTS_DIR/$PROFILE/cifar10"
 mkdir -p "$R"
-[ $# -eq 0 ] && for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json; done
+[ $# -eq 0 ] || [ "${FRESH:-0}" = 1 ] && for a in badnets blend troj-one sig; do rm -f "$R/${a}__p0.1__none__s0__"*.json; done
 run() {  # run NOTE DEADLINE HARD lanes...
   local note=$1 dl=$2 hard=$3; shift 3
   echo "== $(date +%T) phase: $note (deadline ${dl} s, hard ${hard} s; $(left) s of the budget left)"

@@ -127,3 +127,38 @@ def test_kfac_factors_give_the_exact_natural_gradient_of_one_sample():
     dense = torch.linalg.solve(torch.outer(g, g) + 1e-2 * torch.eye(len(g), dtype=g.dtype), g)
     torch.testing.assert_close(ngf.kfac_solve(kf.S[conv], kf.A[conv], V, 1e-2).reshape(-1), dense)
     kf.remove()
+
+
+def test_ngf_all_reuses_eigendecompositions_only_while_the_factors_are_unchanged(monkeypatch):
+    """The all-layer K-FAC step eigendecomposes each layer's factors once per refresh (every ``stat_every`` steps) and
+    every step in between solves with the decomposition of the factors the layer holds at that step."""
+    made, live, calls = {}, [], []
+    real_eig, real_apply = ngf_all.kfac_eig, ngf_all.kfac_apply
+
+    class Tracked(ngf_all.KFACLayers):
+        def __init__(self, model):
+            super().__init__(model)
+            live.append(self)
+
+    def eig(S, A):
+        out = real_eig(S, A)
+        made[id(out)] = (S, A)
+        calls.append(out)                        # keeps it alive: ids stay unique
+        return out
+
+    def apply(e, V, damping):
+        S, A = made[id(e)]
+        kf = live[-1]
+        assert any(kf.S[m] is S and kf.A[m] is A for m in kf.layers), "a stale eigendecomposition was used"
+        return real_apply(e, V, damping)
+
+    monkeypatch.setattr(ngf_all, "KFACLayers", Tracked)
+    monkeypatch.setattr(ngf_all, "kfac_eig", eig)
+    monkeypatch.setattr(ngf_all, "kfac_apply", apply)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 10, (64,))
+    ngf_all.ngf_all_layers(net, x, y, epochs=3, batch_size=16, stat_every=5, augment=False)   # 12 steps
+    assert len(calls) == 2 * 3                    # 2 layers x refreshes at steps 0, 5, 10

@@ -91,8 +91,23 @@ def kfac_direction(R, Hb, V, damping: float) -> torch.Tensor:
 
 def kfac_solve(S, A, V, damping: float) -> torch.Tensor:
     """``(S (x) A + damping I)^{-1} vec(V)`` for symmetric PSD factors, returned as a matrix like ``V``."""
+    return kfac_apply(kfac_eig(S, A), V, damping)
+
+
+def kfac_eig(S, A) -> tuple:
+    """The eigendecompositions ``(ds, Us, da, Ua)`` of both Kronecker factors, for :func:`kfac_apply`.
+
+    The expensive half of :func:`kfac_solve` (O(C^3 + k^3)); an optimizer whose factors change only every few steps
+    computes it once per refresh and reuses it (:mod:`~ngf_lib.defenses.ngf_all`).
+    """
     ds, Us = torch.linalg.eigh(S)
     da, Ua = torch.linalg.eigh(A)
+    return ds, Us, da, Ua
+
+
+def kfac_apply(eig: tuple, V, damping: float) -> torch.Tensor:
+    """``(S (x) A + damping I)^{-1} vec(V)`` from the factors' eigendecompositions (:func:`kfac_eig`)."""
+    ds, Us, da, Ua = eig
     W = Us.T @ V @ Ua                                              # V in the eigenbasis
     W = W / (ds.clamp_min(0)[:, None] * da.clamp_min(0)[None, :] + damping)
     return Us @ W @ Ua.T
