@@ -1,7 +1,7 @@
 """The lanes runner (ngf_lib.runner): task strings, early errors, and a real lane that writes its records."""
 import pytest
 
-from ngf_lib import experiments, results, runner, zoo
+from ngf_lib import experiments, paths, results, runner, zoo
 
 
 def test_task_strings_parse_to_kind_attack_defense_and_options():
@@ -38,6 +38,13 @@ def test_a_lane_writes_its_records_and_a_failing_task_does_not_stop_it(capfd):
     assert rec is not None and rec["defense"] == "cls-sgd"
     assert len(results.load_records("smoke")) == 2
     assert {r["jobs_sharing"] for r in results.load_records("smoke")} == {1}   # one lane: alone on the device
+    # a model task whose record exists but whose weights are not cached (a fresh machine) trains them itself
+    weights = sorted(paths.model_dir().glob("*.safetensors"))
+    assert weights
+    for w in weights:
+        w.unlink()
+    runner.run_task("model:badnets", "smoke")
+    assert sorted(paths.model_dir().glob("*.safetensors")) == weights
 
 
 def test_compute_false_reads_only():
