@@ -96,8 +96,8 @@ def run_task(task: str, profile: str, dataset: str = "cifar10", seed: int = 0) -
     from . import curvature, experiments, zoo
     kind, attack, defense, opts = parse_task(task)
     attack, seed = split_seed(attack, seed)
-    if kind == "model":        # the weights too: a record without cached weights would leave the training to the
-        return zoo.get_model(dataset, attack, profile, seed, progress=False, **opts).record   # lane's next task
+    if kind == "model":        # the weights too, not only the record: else the lane's next task would train them
+        return zoo.get_model(dataset, attack, profile, seed, progress=False, **opts).record
     if kind == "plan":
         rows = experiments.run_plan(defense, [attack], [seed], dataset, profile, progress=True)
         return {"acc": rows[-1]["acc"], "asr": rows[-1]["asr"]}

@@ -7,8 +7,8 @@ convolution, with a 1 for the bias) and ``S_l`` that of the per-sample gradients
 positions); the damped inverse ``(S (x) A + damping I)^{-1}`` is applied exactly through the eigendecompositions of
 both factors (:func:`~ngf_lib.defenses.ngf.kfac_solve`), computed once per refresh of the factors and reused by
 the steps in between (the factors do not change there, so the step is the same; on PreActResNet18, whose widest
-convolutions have 4 608-wide input factors, the eigendecompositions dominate a step). BatchNorm parameters (a few thousand) take the plain
-gradient. The factors are running averages (decay ``stat_decay``) refreshed every ``stat_every`` steps, from the
+convolutions have 4 608-wide input factors, the eigendecompositions dominate a step). BatchNorm parameters (a few
+thousand) take the plain gradient. The factors are running averages (decay ``stat_decay``) refreshed every ``stat_every`` steps, from the
 backward pass of the training loss: the empirical Fisher, as in eq. 6.
 
 The paper gives no details for this row; our choices: the loss of eq. 3 with the regulariser's ``diag(F(theta_bar))``
