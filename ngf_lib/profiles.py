@@ -99,8 +99,8 @@ PROFILES = {
     "cpu": Profile(
         "cpu", {"cifar10": "cpu_net", "gtsrb": "cpu_net"},
         TrainConfig(epochs=12, batch_size=128, lr=0.1, **_FAST),
-        note="2 CPU cores: one backdoored CIFAR-10 model in under 10 minutes; the Input-aware attacks pre-train "
-             "their mask generator 10 epochs instead of 25 (25 take about 42 minutes here)",
+        note="2 CPU cores: a backdoored CIFAR-10 model in 7 to 45 minutes (BadNets, Blend under 10); the Input-aware "
+             "attacks pre-train their mask generator 10 epochs instead of 25 (25 take about 42 minutes here)",
         attack_params={"dyn-one": {"mask_epochs": 10}, "dyn-all": {"mask_epochs": 10},
                        "cba": {"contrast_weight": 0.1}}),
     "gpu": Profile(
