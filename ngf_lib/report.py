@@ -79,6 +79,68 @@ def starting_point(record: dict, no_defense: dict) -> dict:
     return {"acc": start["acc"], "asr": start["asr"]}
 
 
+def outcome(record: dict, no_defense: dict) -> str:
+    """How a defense record reads under the book's rule (chapters 5 and 8), from the weights it started from
+    (:func:`starting_point`):
+
+    * ``"not planted"``: the undefended model's ASR was already under :data:`REMOVED_ASR` (the attack planted no
+      backdoor, so there was nothing to remove; a low ASR after the defense is no evidence for it);
+    * ``"broken"``: clean accuracy fell more than :data:`BROKEN_ACC_DROP` points (a low ASR then means nothing);
+    * ``"removed"``: test ASR under :data:`REMOVED_ASR`;
+    * ``"kept"``: otherwise.
+    """
+    start = starting_point(record, no_defense)
+    if start["asr"] is not None and start["asr"] < REMOVED_ASR:
+        return "not planted"
+    if record["acc"] < start["acc"] - BROKEN_ACC_DROP:
+        return "broken"
+    return "removed" if record["asr"] < REMOVED_ASR else "kept"
+
+
+def avg_drop(runs, methods) -> dict:
+    """Table II's Avg. Drop row: for each defense of ``methods``, ``(ASR drop, ACC drop, n attacks)``, the mean over
+    the attacks it ran on of (start - after), in points; each run measured from the weights it started from
+    (:func:`starting_point`). ``runs``: records of one seed, the No Defense ones (``defense == "none"``) among them;
+    a defense with no run is left out."""
+    nd = {r["attack"]: r for r in runs if r["defense"] == "none"}
+    out = {}
+    for m in methods:
+        pairs = [(starting_point(r, nd[r["attack"]]), r) for r in runs if r["defense"] == m and r["attack"] in nd]
+        if pairs:
+            out[m] = (sum(n["asr"] - r["asr"] for n, r in pairs) / len(pairs),
+                      sum(n["acc"] - r["acc"] for n, r in pairs) / len(pairs), len(pairs))
+    return out
+
+
+def removal_lines(runs, methods, labels=None) -> list[str]:
+    """One markdown bullet per defense of ``methods`` (with runs): the attacks whose backdoor it removes, those whose
+    backdoor it leaves (with the ASR left), those where it breaks the model (with the validation accuracy where the
+    record has it: a defender sees the collapse without test data) and those the attack never planted (:func:`outcome`).
+    """
+    labels = labels or {}
+    nd = {r["attack"]: r for r in runs if r["defense"] == "none"}
+    lines = []
+    for m in methods:
+        rs = {r["attack"]: r for r in runs if r["defense"] == m and r["attack"] in nd}
+        if not rs:
+            continue
+        by = {k: {a: r for a, r in rs.items() if outcome(r, nd[a]) == k}
+              for k in ("removed", "kept", "broken", "not planted")}
+        line = f"* **{labels.get(m, m)}** removes {', '.join(by['removed']) or 'none'}"
+        if by["kept"]:
+            line += "; leaves " + ", ".join(f"{a} ({r['asr']:.0f} %)" for a, r in by["kept"].items())
+        if by["broken"]:
+            line += "; breaks the model on " + ", ".join(
+                f"{a} (ACC {r['acc']:.0f} %" + (f", validation ACC {r['val_acc']:.0f} %"
+                                                if r.get("val_acc") is not None else "") + ")"
+                for a, r in by["broken"].items())
+        if by["not planted"]:
+            line += "; nothing to remove on " + ", ".join(
+                f"{a} (undefended ASR {starting_point(r, nd[a])['asr']:.0f} %)" for a, r in by["not planted"].items())
+        lines.append(line)
+    return lines
+
+
 def mean_sd(values, digits: int = 2) -> str:
     """``"m"`` for one value, ``"m ± sd"`` (sample standard deviation) for several, ``"—"`` for none."""
     v = [float(a) for a in values if a is not None]

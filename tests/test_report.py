@@ -80,3 +80,38 @@ def test_a_defense_is_measured_from_the_weights_it_started_from():
     moved = {**rec("badnets", "anp", 0, 3.0, 82.0), "initial": {"acc": 88.3, "asr": 95.8}}
     assert report.starting_point(moved, nd) == {"acc": 88.3, "asr": 95.8}
     assert report.starting_point(rec("badnets", "ft", 0, 18.0, 81.0), nd) == {"acc": 88.0, "asr": 96.0}
+
+
+def test_outcome_reads_removed_kept_broken_and_not_planted_from_the_starting_weights():
+    nd = rec("badnets", "none", 0, 96.0, 88.0)
+    assert report.outcome(rec("badnets", "ft", 0, 19.9, 80.0), nd) == "removed"
+    assert report.outcome(rec("badnets", "ft", 0, 20.0, 80.0), nd) == "kept"
+    assert report.outcome(rec("badnets", "anp", 0, 0.0, 67.9), nd) == "broken"      # 20.1 points under 88
+    assert report.outcome(rec("badnets", "anp", 0, 0.0, 68.0), nd) == "removed"     # exactly 20 points: not broken
+    # a backdoor the attack never planted is not "removed" by anything
+    weak = rec("sig", "none", 0, 0.03, 94.5)
+    assert report.outcome(rec("sig", "ngf", 0, 0.0, 94.6), weak) == "not planted"
+    # judged from the weights the defense started from, when they differ from the No Defense record's
+    moved = {**rec("badnets", "ft", 0, 30.0, 70.0), "initial": {"acc": 72.0, "asr": 95.0}}
+    assert report.outcome(moved, rec("badnets", "none", 0, 96.0, 95.0)) == "kept"
+
+
+def test_avg_drop_averages_each_defense_over_the_attacks_it_ran_on():
+    runs = [rec("badnets", "none", 0, 90.0, 80.0), rec("blend", "none", 0, 100.0, 84.0),
+            rec("badnets", "ngf", 0, 10.0, 79.0), rec("blend", "ngf", 0, 50.0, 82.0),
+            rec("badnets", "ft", 0, 30.0, 81.0),
+            {**rec("blend", "ft", 0, 0.0, 80.0), "initial": {"acc": 85.0, "asr": 98.0}}]
+    d = report.avg_drop(runs, ["ngf", "ft", "anp"])
+    assert d["ngf"] == (65.0, 1.5, 2)
+    assert d["ft"] == ((60.0 + 98.0) / 2, (-1.0 + 5.0) / 2, 2)
+    assert "anp" not in d
+
+
+def test_removal_lines_sort_each_attack_into_one_outcome():
+    runs = [rec("badnets", "none", 0, 90.0, 80.0), rec("blend", "none", 0, 100.0, 84.0),
+            rec("sig", "none", 0, 1.0, 84.0), rec("wanet", "none", 0, 95.0, 84.0),
+            rec("badnets", "anp", 0, 1.0, 79.0), rec("blend", "anp", 0, 64.0, 83.0),
+            rec("sig", "anp", 0, 0.5, 83.0), {**rec("wanet", "anp", 0, 0.0, 30.0), "val_acc": 28.0}]
+    (line,) = report.removal_lines(runs, ["anp", "ft"], {"anp": "ANP"})
+    assert line == ("* **ANP** removes badnets; leaves blend (64 %); breaks the model on wanet (ACC 30 %, "
+                    "validation ACC 28 %); nothing to remove on sig (undefended ASR 1 %)")
