@@ -84,7 +84,8 @@ def outcome(record: dict, no_defense: dict) -> str:
     (:func:`starting_point`):
 
     * ``"not planted"``: the undefended model's ASR was already under :data:`REMOVED_ASR` (the attack planted no
-      backdoor, so there was nothing to remove; a low ASR after the defense is no evidence for it);
+      backdoor above the bar, so nothing can be removed; a low ASR after the defense is no evidence for it; an
+      all-to-all attack on 43 classes can sit above chance and still under the bar, as Dyn-all does on GTSRB);
     * ``"broken"``: clean accuracy fell more than :data:`BROKEN_ACC_DROP` points (a low ASR then means nothing);
     * ``"removed"``: test ASR under :data:`REMOVED_ASR`;
     * ``"kept"``: otherwise.
@@ -135,7 +136,7 @@ def removal_lines(runs, methods, labels=None) -> list[str]:
                                                 if r.get("val_acc") is not None else "") + ")"
                 for a, r in by["broken"].items())
         if by["not planted"]:
-            line += "; nothing to remove on " + ", ".join(
+            line += "; no backdoor above the bar to remove on " + ", ".join(
                 f"{a} (undefended ASR {starting_point(r, nd[a])['asr']:.0f} %)" for a, r in by["not planted"].items())
         lines.append(line)
     return lines

@@ -114,4 +114,4 @@ def test_removal_lines_sort_each_attack_into_one_outcome():
             rec("sig", "anp", 0, 0.5, 83.0), {**rec("wanet", "anp", 0, 0.0, 30.0), "val_acc": 28.0}]
     (line,) = report.removal_lines(runs, ["anp", "ft"], {"anp": "ANP"})
     assert line == ("* **ANP** removes badnets; leaves blend (64 %); breaks the model on wanet (ACC 30 %, "
-                    "validation ACC 28 %); nothing to remove on sig (undefended ASR 1 %)")
+                    "validation ACC 28 %); no backdoor above the bar to remove on sig (undefended ASR 1 %)")
