@@ -79,8 +79,14 @@ def starting_point(record: dict, no_defense: dict) -> dict:
     return {"acc": start["acc"], "asr": start["asr"]}
 
 
+def planted(record: dict) -> bool:
+    """Whether a model's record shows a backdoor to remove: its ASR at or above :data:`REMOVED_ASR` (a benign model's
+    record, with no ASR, has none)."""
+    return record["asr"] is not None and record["asr"] >= REMOVED_ASR
+
+
 def outcome(record: dict, no_defense: dict) -> str:
-    """How a defense record reads under the book's rule (chapters 5 and 8), from the weights it started from
+    """How a defense record reads under the book's rule (chapter 5), from the weights it started from
     (:func:`starting_point`):
 
     * ``"not planted"``: the undefended model's ASR was already under :data:`REMOVED_ASR` (the attack planted no
@@ -91,7 +97,7 @@ def outcome(record: dict, no_defense: dict) -> str:
     * ``"kept"``: otherwise.
     """
     start = starting_point(record, no_defense)
-    if start["asr"] is not None and start["asr"] < REMOVED_ASR:
+    if not planted(start):
         return "not planted"
     if record["acc"] < start["acc"] - BROKEN_ACC_DROP:
         return "broken"

@@ -91,6 +91,7 @@ def test_outcome_reads_removed_kept_broken_and_not_planted_from_the_starting_wei
     # a backdoor the attack never planted is not "removed" by anything
     weak = rec("sig", "none", 0, 0.03, 94.5)
     assert report.outcome(rec("sig", "ngf", 0, 0.0, 94.6), weak) == "not planted"
+    assert not report.planted(weak) and report.planted(nd) and not report.planted(rec("none", "none", 0, None, 90.0))
     # judged from the weights the defense started from, when they differ from the No Defense record's
     moved = {**rec("badnets", "ft", 0, 30.0, 70.0), "initial": {"acc": 72.0, "asr": 95.0}}
     assert report.outcome(moved, rec("badnets", "none", 0, 96.0, 95.0)) == "kept"
