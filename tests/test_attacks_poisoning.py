@@ -289,6 +289,12 @@ def test_clean_label_rate_of_the_target_class(name):
     assert atk.params()["rate_of"] == "target"
     assert "rate_of" not in attacks.get(name, 10).params()   # the default keeps existing model keys
     assert len(attacks.get(name, 10, poison_rate=0.9, target=4, rate_of="target").poison_indices(y)) == 90
+    every = attacks.get(name, 10, poison_rate=1.0, target=4, rate_of="target").poison_indices(y)
+    assert torch.equal(every, (y == 4).nonzero().flatten())  # the whole class (BackdoorBench's rule on GTSRB)
+    with pytest.raises(ValueError, match="poison_rate"):     # of the training set, 1 would poison every image
+        attacks.get(name, 10, poison_rate=1.0, target=4)
+    with pytest.raises(ValueError, match="poison_rate"):
+        attacks.get("badnets", 10, poison_rate=1.0)
     with pytest.raises(ValueError, match="rate_of"):
         attacks.get(name, 10, rate_of="class")
 

@@ -73,11 +73,18 @@ class Attack:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.num_classes, self.image_size, self.seed = int(num_classes), int(image_size), int(seed)
         self.poison_rate = self.default_poison_rate if poison_rate is None else float(poison_rate)
-        if self.name != "none" and not 0.0 < self.poison_rate < 1.0:
-            raise ValueError(f"poison_rate must be in (0, 1), got {self.poison_rate}")
+        top = 1.0 if self._may_poison_all() else None
+        if self.name != "none" and not (0.0 < self.poison_rate < 1.0 or self.poison_rate == top):
+            raise ValueError(f"poison_rate must be in (0, 1), got {self.poison_rate}"
+                             + ("" if not self.clean_label else " (1 only for a clean-label attack with "
+                                "rate_of='target': every target-class image)"))
         if not 0 <= int(target) < num_classes:
             raise ValueError(f"target class {target} is outside the {num_classes} classes 0..{num_classes - 1}")
         self.target = int(target)
+
+    def _may_poison_all(self) -> bool:
+        """Whether ``poison_rate=1`` is meaningful: only where the rate is a fraction of the target class."""
+        return False
 
     # --------------------------------------------------------------------------------------------- configuration
     def params(self) -> dict:
@@ -211,16 +218,21 @@ class CleanLabelAttack(Attack):
     BackdoorBench): of the whole training set, so on CIFAR-10 the default 10 % is *every* target-class image and
     the model never sees a clean one of that class. ``"target"``: of the target class's training images, so 10 % is
     a tenth of that class (close to the loader of NAD and of NGF's authors, which triggers the target-class images
-    among 10 % of the training set). The attack gallery measures what the first convention costs.
+    among 10 % of the training set). The attack gallery measures what the first convention costs. With
+    ``rate_of="target"``, ``poison_rate=1`` poisons every target-class image: BackdoorBench's rule where the set has
+    no class as large as the rate asks (GTSRB, whose largest class is about 5.7 % of the training set).
     """
     clean_label = True
 
     def __init__(self, num_classes: int, *, rate_of: str = "train", **kw):
-        super().__init__(num_classes, **kw)
         if rate_of not in ("train", "target"):
             raise ValueError(f"{self.name}: rate_of must be 'train' (a fraction of the training set) or 'target' "
                              f"(a fraction of the target class), got {rate_of!r}")
         self.rate_of = rate_of
+        super().__init__(num_classes, **kw)
+
+    def _may_poison_all(self):
+        return self.rate_of == "target"
 
     def poison_count(self, y):
         if self.rate_of == "target":
