@@ -26,6 +26,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
 
@@ -172,19 +175,32 @@ def run_lanes(lanes: list[list[str]], profile: str, dataset: str = "cifar10", se
     threads = threads or max(1, (os.cpu_count() or 2) // max(1, len(lanes)))
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_lane, args=(i, lane, profile, dataset, seed, t0 + deadline, threads, len(lanes)),
-                         daemon=True)          # a worker never outlives its parent
+                         daemon=True)          # a worker never outlives its parent's normal exit ...
              for i, lane in enumerate(lanes)]
-    for p in procs:
-        p.start()
-    stop = t0 + hard_deadline if hard_deadline is not None else None
-    for p in procs:
-        p.join(timeout=None if stop is None else max(0.0, stop - time.time()))
-    for i, p in enumerate(procs):
-        if p.is_alive():
-            print(f"[lane {i}] hard deadline: terminated", flush=True)
-            p.terminate()
-            p.join()
+    # ... nor a `kill` of the parent: SIGTERM's default action skips that clean-up, and the orphaned worker went on
+    # with its lane beside the next run's (two trainings on two cores, each many times slower)
+    old = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        for p in procs:
+            p.start()
+        stop = t0 + hard_deadline if hard_deadline is not None else None
+        for p in procs:
+            p.join(timeout=None if stop is None else max(0.0, stop - time.time()))
+    finally:
+        for i, p in enumerate(procs):
+            if p.is_alive():
+                print(f"[lane {i}] {'hard deadline' if sys.exc_info()[0] is None else 'stopped'}: terminated "
+                      f"(its finished tasks are in the store)", flush=True)
+                p.terminate()
+                p.join()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     print(f"all lanes done in {time.time() - t0:.0f} s", flush=True)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def read_lanes(path) -> list[list[str]]:

@@ -124,7 +124,12 @@ def resolve(dataset, attack, profile, seed, poison_rate, attack_params, train_ep
         if isinstance(train_epochs, bool) or not isinstance(train_epochs, int) or train_epochs < 1:
             raise ValueError(f"train_epochs must be a positive integer, got {train_epochs!r}")
         prof = dataclasses.replace(prof, train=dataclasses.replace(prof.train, epochs=train_epochs))
-    params = {**prof.attack_defaults(attack, dataset), **(attack_params or {})}
+    defaults = prof.attack_defaults(attack, dataset)
+    params = {**defaults, **(attack_params or {})}
+    default_rate = params.pop("poison_rate", None)          # a dataset's own default rate (GTSRB's SIG) ...
+    if params.get("rate_of") != defaults.get("rate_of"):    # ... goes with its reading of the rate
+        default_rate = None
+    poison_rate = default_rate if poison_rate is None else poison_rate
     atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **params)
     cfg = model_config(dataset, atk, prof, seed)
     return prof, atk, cfg, results.config_key(cfg)

@@ -51,3 +51,53 @@ def test_compute_false_reads_only():
     assert zoo.get_record("cifar10", "blend", "smoke", 0, compute=False) is None
     assert experiments.defended_record("cifar10", "blend", "ngf", "smoke", 0, compute=False) is None
     assert experiments.run_plan("table3", ["blend"], [0], "cifar10", "smoke", progress=False, compute=False) == []
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    from pathlib import Path
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_runner_stops_its_workers():
+    """`kill` of the runner (SIGTERM) terminates the worker it started: an orphaned worker went on with its lane
+    beside the next run's, both many times slower on a small machine."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "ngf_lib.runner", "--profile", "smoke", "--workers", "1",
+                             "--threads", "1", "--lanes", "model:badnets defense:badnets:ft"],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, t0 = [], time.time()
+    while not workers and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.1)
+        workers = [p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+    assert workers, "the runner started no worker"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    t1 = time.time()
+    while any(_alive(w) for w in workers) and time.time() - t1 < 15:
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, "a worker outlived the runner"
