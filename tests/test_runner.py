@@ -88,7 +88,7 @@ def test_killing_the_runner_stops_its_workers():
                              "--threads", "1", "--lanes", "model:badnets defense:badnets:ft"],
                             env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers, t0 = [], time.time()
-    while not workers and proc.poll() is None and time.time() - t0 < 120:
+    while not workers and proc.poll() is None and time.time() - t0 < 600:   # a bare cache decodes the data first
         time.sleep(0.1)
         workers = [p for p in _children(proc.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
     assert workers, "the runner started no worker"
