@@ -80,7 +80,8 @@ def test_gtsrb_reads_clean_label_rates_as_a_fraction_of_the_target_class():
     assert zoo.resolve("gtsrb", "sig", "cpu", 0, None, {"rate_of": "train"})[1].rate_of == "train"
     # SIG poisons every target-class image on GTSRB at delta 40 unless the caller says otherwise; CLB keeps 10 %
     sig = zoo.resolve("gtsrb", "sig", "cpu", 0, None, {})[1]
-    assert (sig.poison_rate, sig.delta) == (1.0, 40.0) and zoo.resolve("cifar10", "sig", "cpu", 0, None, {})[1].delta == 20
+    assert (sig.poison_rate, sig.delta) == (1.0, 40.0)
+    assert zoo.resolve("cifar10", "sig", "cpu", 0, None, {})[1].delta == 20
     assert zoo.resolve("gtsrb", "sig", "cpu", 0, 0.1, {})[1].poison_rate == 0.1
     assert zoo.resolve("gtsrb", "clb", "cpu", 0, None, {})[1].poison_rate == 0.1
     assert zoo.resolve("cifar10", "sig", "cpu", 0, None, {})[1].poison_rate == 0.1
