@@ -126,10 +126,9 @@ def resolve(dataset, attack, profile, seed, poison_rate, attack_params, train_ep
         prof = dataclasses.replace(prof, train=dataclasses.replace(prof.train, epochs=train_epochs))
     defaults = prof.attack_defaults(attack, dataset)
     params = {**defaults, **(attack_params or {})}
-    default_rate = params.pop("poison_rate", None)          # a dataset's own default rate (GTSRB's SIG) ...
-    if params.get("rate_of") != defaults.get("rate_of"):    # ... goes with its reading of the rate
-        default_rate = None
-    poison_rate = default_rate if poison_rate is None else poison_rate
+    dataset_rate = params.pop("poison_rate", None)          # a dataset's own rate (GTSRB's SIG) goes with its
+    if poison_rate is None and params.get("rate_of") == defaults.get("rate_of"):   # reading of the rate
+        poison_rate = dataset_rate
     atk = make_attack(dataset, attack, poison_rate=poison_rate, seed=seed, **params)
     cfg = model_config(dataset, atk, prof, seed)
     return prof, atk, cfg, results.config_key(cfg)

@@ -73,11 +73,10 @@ class Attack:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.num_classes, self.image_size, self.seed = int(num_classes), int(image_size), int(seed)
         self.poison_rate = self.default_poison_rate if poison_rate is None else float(poison_rate)
-        top = 1.0 if self._may_poison_all() else None
-        if self.name != "none" and not (0.0 < self.poison_rate < 1.0 or self.poison_rate == top):
-            raise ValueError(f"poison_rate must be in (0, 1), got {self.poison_rate}"
-                             + ("" if not self.clean_label else " (1 only for a clean-label attack with "
-                                "rate_of='target': every target-class image)"))
+        rate = self.poison_rate
+        if self.name != "none" and not (0.0 < rate < 1.0 or (rate == 1.0 and self._may_poison_all())):
+            raise ValueError(f"poison_rate must be in (0, 1) (1 only for a clean-label attack with rate_of='target': "
+                             f"every target-class image), got {rate}")
         if not 0 <= int(target) < num_classes:
             raise ValueError(f"target class {target} is outside the {num_classes} classes 0..{num_classes - 1}")
         self.target = int(target)

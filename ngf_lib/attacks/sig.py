@@ -31,9 +31,10 @@ class SIG(CleanLabelAttack):
     target class's share is an error. The default 0.1 is the paper's 10 % read as BackdoorBench reads it: on CIFAR-10
     (10 % of the images per class) it poisons every target-class image. On GTSRB no class holds 10 % of the images
     (class 0: 0.5 %), so the profiles read the rate per target class there and follow BackdoorBench on GTSRB: the
-    whole class poisoned (the cap of its rule) at ``delta = 40`` (:data:`ngf_lib.profiles.DATASET_ATTACK_PARAMS`). (The NAD / NGF-authors' loader instead draws 10 % of all
-    images and triggers only the target-class ones among them, about 10 % of the target class; ``rate_of="target"``
-    reads the rate that way, see :class:`~ngf_lib.attacks.base.CleanLabelAttack`.)
+    whole class poisoned (the cap of its rule) at ``delta = 40`` (:data:`ngf_lib.profiles.DATASET_ATTACK_PARAMS`).
+    (The NAD / NGF-authors' loader instead draws 10 % of all images and triggers only the target-class ones among
+    them, about 10 % of the target class; ``rate_of="target"`` reads the rate that way, see
+    :class:`~ngf_lib.attacks.base.CleanLabelAttack`.)
 
     >>> atk = SIG(10)
     >>> x = torch.full((1, 3, 32, 32), 100, dtype=torch.uint8)
